@@ -4,5 +4,6 @@
 //! for both, never the other way round.
 
 pub mod ggml_type;
+pub mod quant;
 
 pub use ggml_type::GgmlType;
