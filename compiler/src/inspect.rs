@@ -12,8 +12,11 @@ use crate::gguf::{Array, GgufFile, Value};
 const JSON_ARRAY_LIMIT: usize = 64;
 
 pub fn to_json(f: &GgufFile) -> serde_json::Value {
-    let metadata: serde_json::Map<String, serde_json::Value> =
-        f.metadata().iter().map(|(k, v)| (k.clone(), v.to_json(JSON_ARRAY_LIMIT))).collect();
+    let metadata: serde_json::Map<String, serde_json::Value> = f
+        .metadata()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_json(JSON_ARRAY_LIMIT)))
+        .collect();
     let tensors: Vec<_> = f
         .tensors()
         .iter()
@@ -21,7 +24,12 @@ pub fn to_json(f: &GgufFile) -> serde_json::Value {
         .collect();
     let totals: serde_json::Map<_, _> = type_totals(f)
         .into_iter()
-        .map(|(ty, (count, bytes))| (ty.name().to_string(), json!({"tensors": count, "bytes": bytes})))
+        .map(|(ty, (count, bytes))| {
+            (
+                ty.name().to_string(),
+                json!({"tensors": count, "bytes": bytes}),
+            )
+        })
         .collect();
     json!({
         "version": f.version,
@@ -48,7 +56,10 @@ fn type_totals(f: &GgufFile) -> BTreeMap<GgmlType, (usize, u64)> {
 pub fn render_text(f: &GgufFile) -> String {
     let mut out = String::new();
     let arch = f.architecture().unwrap_or("(no general.architecture)");
-    let name = f.get("general.name").and_then(Value::as_str).unwrap_or("unnamed model");
+    let name = f
+        .get("general.name")
+        .and_then(Value::as_str)
+        .unwrap_or("unnamed model");
     let _ = writeln!(out, "{name}  [{arch}]");
     let _ = writeln!(
         out,
@@ -81,9 +92,18 @@ fn render_hyperparameters(out: &mut String, f: &GgufFile, arch: &str) {
         let _ = writeln!(out, "  {k:width$}  {v}");
     }
     let get = |key: &str| f.get(&format!("{prefix}{key}")).and_then(Value::as_u64);
-    if let (None, Some(d), Some(h)) = (get("attention.key_length"), get("embedding_length"), get("attention.head_count")) {
+    if let (None, Some(d), Some(h)) = (
+        get("attention.key_length"),
+        get("embedding_length"),
+        get("attention.head_count"),
+    ) {
         if h > 0 {
-            let _ = writeln!(out, "  {:width$}  {} (embedding_length / head_count)", "head dim", d / h);
+            let _ = writeln!(
+                out,
+                "  {:width$}  {} (embedding_length / head_count)",
+                "head dim",
+                d / h
+            );
         }
     }
 }
@@ -128,11 +148,15 @@ fn render_tokenizer(out: &mut String, f: &GgufFile) {
     }
     let _ = writeln!(out, "  vocab          {line}");
     let token_text = |id: u64| match tokens {
-        Some(Array::String(t)) => t.get(id as usize).map_or("out of range".into(), |s| format!("{s:?}")),
+        Some(Array::String(t)) => t
+            .get(id as usize)
+            .map_or("out of range".into(), |s| format!("{s:?}")),
         _ => String::new(),
     };
     let mut special = Vec::new();
-    for role in ["bos", "eos", "eot", "eom", "unknown", "padding", "sep", "mask"] {
+    for role in [
+        "bos", "eos", "eot", "eom", "unknown", "padding", "sep", "mask",
+    ] {
         if let Some(id) = get(&format!("{role}_token_id")).and_then(Value::as_u64) {
             special.push(format!("{role} {id} {}", token_text(id)));
         }
@@ -157,20 +181,48 @@ fn render_tokenizer(out: &mut String, f: &GgufFile) {
 
 fn render_tensors(out: &mut String, f: &GgufFile) {
     let _ = writeln!(out, "\ntensors");
-    let name_w = f.tensors().iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
-    let _ = writeln!(out, "  {:name_w$}  {:7}  {:20}  {:>10}", "name", "type", "shape", "bytes");
+    let name_w = f
+        .tensors()
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let _ = writeln!(
+        out,
+        "  {:name_w$}  {:7}  {:20}  {:>10}",
+        "name", "type", "shape", "bytes"
+    );
     for t in f.tensors() {
         let shape = format!("{:?}", t.dims);
-        let _ = writeln!(out, "  {:name_w$}  {:7}  {:20}  {:>10}", t.name, t.ty.name(), shape, human_bytes(t.bytes));
+        let _ = writeln!(
+            out,
+            "  {:name_w$}  {:7}  {:20}  {:>10}",
+            t.name,
+            t.ty.name(),
+            shape,
+            human_bytes(t.bytes)
+        );
     }
     let _ = writeln!(out, "\ntotals by type");
     let mut all = (0, 0);
     for (ty, (count, bytes)) in type_totals(f) {
-        let _ = writeln!(out, "  {:7}  {count:5} tensors  {:>10}", ty.name(), human_bytes(bytes));
+        let _ = writeln!(
+            out,
+            "  {:7}  {count:5} tensors  {:>10}",
+            ty.name(),
+            human_bytes(bytes)
+        );
         all.0 += count;
         all.1 += bytes;
     }
-    let _ = writeln!(out, "  {:7}  {:5} tensors  {:>10}", "all", all.0, human_bytes(all.1));
+    let _ = writeln!(
+        out,
+        "  {:7}  {:5} tensors  {:>10}",
+        "all",
+        all.0,
+        human_bytes(all.1)
+    );
 }
 
 pub fn human_bytes(n: u64) -> String {

@@ -24,6 +24,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compile a GGUF model into an execution plan for llamart.
+    Compile {
+        /// The GGUF model file.
+        model: PathBuf,
+        /// Where to write the plan.
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// Tokens the KV cache holds (default: the model's training context, at most 4096).
+        #[arg(long)]
+        ctx: Option<u32>,
+        /// Most tokens evaluated in one step; longer prompts run in chunks of this size.
+        #[arg(long = "batch", default_value_t = llamac::compile::DEFAULT_MAX_BATCH)]
+        batch: u32,
+        /// Also emit an intermediate form: `graph` prints the compiled op graph (one line per op,
+        /// in schedule order); `wgsl DIR` and `msl DIR` write every GPU kernel (Metal Shading
+        /// Language through naga, with `[[buffer(n)]]` slots) into DIR.
+        #[arg(long, num_args = 1..=2, value_names = ["KIND", "DIR"])]
+        emit: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -40,13 +59,88 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Inspect { model, json } => {
-            let file = GgufFile::open(&model).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
+            let file =
+                GgufFile::open(&model).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
             let text = if json {
                 serde_json::to_string_pretty(&llamac::inspect::to_json(&file))? + "\n"
             } else {
                 llamac::inspect::render_text(&file)
             };
             write_stdout(&text)
+        }
+        Command::Compile {
+            model,
+            output,
+            ctx,
+            batch,
+            emit,
+        } => {
+            let emit = match emit.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+                [] => None,
+                ["graph"] => Some(("graph", None)),
+                [kind @ ("wgsl" | "msl"), dir] => Some((kind, Some(PathBuf::from(dir)))),
+                [kind @ ("wgsl" | "msl")] => {
+                    anyhow::bail!("--emit {kind} needs a directory: --emit {kind} DIR")
+                }
+                _ => anyhow::bail!(
+                    "--emit takes `graph`, `wgsl DIR` or `msl DIR`, not {:?}",
+                    emit.join(" ")
+                ),
+            };
+            let options = llamac::compile::CompileOptions {
+                ctx,
+                max_batch: batch,
+            };
+            let summary = llamac::compile::compile(&model, &output, options)?;
+            match emit {
+                Some(("graph", _)) => {
+                    let file = GgufFile::open(&model)?;
+                    let pipeline = llamac::passes::PipelineOptions {
+                        ctx: summary.ctx,
+                        max_batch: summary.max_batch,
+                    };
+                    write_stdout(&llamac::compile::graph_listing(&file, pipeline)?)?;
+                }
+                Some((kind, Some(dir))) => {
+                    let plan = llamart::plan::LoadedPlan::open(&output)?;
+                    std::fs::create_dir_all(&dir)?;
+                    for (i, k) in plan.header.gpu.kernels.iter().enumerate() {
+                        let (text, ext) = if kind == "msl" {
+                            (
+                                llamac::wgsl::to_msl(&k.wgsl)
+                                    .map_err(|e| anyhow::anyhow!("kernel {}: {e}", k.label))?,
+                                "metal",
+                            )
+                        } else {
+                            (k.wgsl.clone(), "wgsl")
+                        };
+                        std::fs::write(dir.join(format!("{i:03}_{}.{ext}", k.label)), text)?;
+                    }
+                    eprintln!(
+                        "llamac: wrote {} {kind} kernels to {}",
+                        plan.header.gpu.kernels.len(),
+                        dir.display()
+                    );
+                }
+                _ => {}
+            }
+            let mib = |b: u64| b as f64 / (1 << 20) as f64;
+            eprintln!(
+                "llamac: wrote {} ({:.1} MiB) in {:.2} s: {} steps, {} weights ({:.1} MiB), arena {:.1} MiB \
+                 (unshared {:.1} MiB), KV cache {:.1} MiB for {} tokens, batch {}",
+                output.display(),
+                mib(summary.plan_bytes),
+                summary.seconds,
+                summary.steps,
+                summary.weights,
+                mib(summary.weight_bytes),
+                mib(summary.arena_bytes),
+                mib(summary.arena_unshared_bytes),
+                mib(summary.kv_bytes),
+                summary.ctx,
+                summary.max_batch
+            );
+            Ok(())
         }
     }
 }

@@ -17,17 +17,32 @@ use llamac::gguf::GgufFile;
 const MAX_RSS_BYTES: u64 = 24 << 20;
 
 fn expect_clean_error(path: &Path, case: &str) {
-    let out = Command::new(env!("CARGO_BIN_EXE_llamac")).arg("inspect").arg(path).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_llamac"))
+        .arg("inspect")
+        .arg(path)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{case}: status {:?}, stderr: {stderr}", out.status);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{case}: status {:?}, stderr: {stderr}",
+        out.status
+    );
     assert!(stderr.starts_with("llamac: error: "), "{case}: {stderr}");
     assert!(!stderr.contains("panicked"), "{case}: {stderr}");
-    assert!(out.stdout.is_empty(), "{case}: printed output for a bad file");
+    assert!(
+        out.stdout.is_empty(),
+        "{case}: printed output for a bad file"
+    );
 }
 
 fn peak_child_rss_bytes() -> u64 {
     let mut usage = unsafe { std::mem::zeroed::<libc::rusage>() };
-    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) }, 0);
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) },
+        0
+    );
     usage.ru_maxrss as u64 * 1024
 }
 
@@ -48,7 +63,10 @@ impl Rng {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> usize {
-    haystack.windows(needle.len()).position(|w| w == needle).expect("needle in file")
+    haystack
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("needle in file")
 }
 
 #[test]
@@ -60,7 +78,10 @@ fn malformed_files_fail_cleanly_in_little_memory() {
     let (data_offset, first_tensor_dims_at) = {
         let parsed = GgufFile::open(&model).unwrap();
         let t = &parsed.tensors()[0];
-        (parsed.data_offset as usize, t.header_offset as usize + 8 + t.name.len() + 4)
+        (
+            parsed.data_offset as usize,
+            t.header_offset as usize + 8 + t.name.len() + 4,
+        )
     };
     let file_len = std::fs::metadata(&model).unwrap().len() as usize;
     let mut head = vec![0u8; data_offset + 65536];
@@ -71,7 +92,12 @@ fn malformed_files_fail_cleanly_in_little_memory() {
     let mut offsets: Vec<usize> = vec![0, 3, 4, 7, 8, 16, 23, 24, 40];
     offsets.extend((1..=4).map(|i| data_offset * i / 5));
     offsets.push(data_offset - 1);
-    offsets.extend([data_offset + 1, data_offset + 4096, file_len / 2, file_len - 4096]);
+    offsets.extend([
+        data_offset + 1,
+        data_offset + 4096,
+        file_len / 2,
+        file_len - 4096,
+    ]);
     offsets.extend([file_len - 32, file_len - 1]);
     assert_eq!(offsets.len(), 20);
     let truncated = dir.join("truncated.gguf");
@@ -80,7 +106,12 @@ fn malformed_files_fail_cleanly_in_little_memory() {
             std::fs::write(&truncated, &head[..len]).unwrap();
         } else {
             std::fs::copy(&model, &truncated).unwrap();
-            std::fs::OpenOptions::new().write(true).open(&truncated).unwrap().set_len(len as u64).unwrap();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&truncated)
+                .unwrap()
+                .set_len(len as u64)
+                .unwrap();
         }
         expect_clean_error(&truncated, &format!("truncated to {len} bytes"));
         cases += 1;
@@ -126,7 +157,10 @@ fn malformed_files_fail_cleanly_in_little_memory() {
     }
 
     let peak = peak_child_rss_bytes();
-    eprintln!("{cases} malformed files rejected; peak child RSS {:.1} MiB", peak as f64 / (1 << 20) as f64);
+    eprintln!(
+        "{cases} malformed files rejected; peak child RSS {:.1} MiB",
+        peak as f64 / (1 << 20) as f64
+    );
     assert!(peak < MAX_RSS_BYTES, "peak RSS {peak} bytes");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -5,7 +5,11 @@ mod common;
 use std::process::Command;
 
 fn inspect(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_llamac")).arg("inspect").args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_llamac"))
+        .arg("inspect")
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8(out.stdout).unwrap(),
@@ -71,20 +75,39 @@ fn json_reports_the_documented_hyperparameters() {
         let tensors = j["tensors"].as_array().unwrap();
         assert!(!tensors.is_empty());
         for t in tensors {
-            assert!(t["name"].is_string() && t["type"].is_string() && t["shape"].is_array() && t["bytes"].is_u64());
+            assert!(
+                t["name"].is_string()
+                    && t["type"].is_string()
+                    && t["shape"].is_array()
+                    && t["bytes"].is_u64()
+            );
         }
         let summarized = &j["metadata"]["tokenizer.ggml.tokens"];
-        assert_eq!(summarized["element_type"], "string", "{id}: long arrays are summarized");
+        assert_eq!(
+            summarized["element_type"], "string",
+            "{id}: long arrays are summarized"
+        );
     }
 }
 
 #[test]
 fn smollm2_rope_and_norm_constants_and_tensor_types() {
-    let (code, stdout, _) = inspect(&[common::model("smollm2-135m-q4_1").to_str().unwrap(), "--json"]);
+    let (code, stdout, _) = inspect(&[
+        common::model("smollm2-135m-q4_1").to_str().unwrap(),
+        "--json",
+    ]);
     assert_eq!(code, 0);
     let j: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(j["metadata"]["llama.rope.freq_base"].as_f64(), Some(100000.0));
-    assert_eq!(j["metadata"]["llama.attention.layer_norm_rms_epsilon"].as_f64().map(|e| e as f32), Some(1e-5));
+    assert_eq!(
+        j["metadata"]["llama.rope.freq_base"].as_f64(),
+        Some(100000.0)
+    );
+    assert_eq!(
+        j["metadata"]["llama.attention.layer_norm_rms_epsilon"]
+            .as_f64()
+            .map(|e| e as f32),
+        Some(1e-5)
+    );
     assert_eq!(j["metadata"]["tokenizer.ggml.pre"], "smollm");
     assert_eq!(j["totals_by_type"]["q4_1"]["tensors"], 210);
     assert_eq!(j["totals_by_type"]["q8_0"]["tensors"], 1);
@@ -116,7 +139,10 @@ fn text_output_is_readable() {
 fn missing_file_and_bad_flags_are_errors() {
     let (code, _, stderr) = inspect(&["/nonexistent/model.gguf"]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("/nonexistent/model.gguf") && stderr.contains("cannot read"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/model.gguf") && stderr.contains("cannot read"),
+        "{stderr}"
+    );
     let (code, _, stderr) = inspect(&["--no-such-flag"]);
     assert_eq!(code, 2, "{stderr}");
 }

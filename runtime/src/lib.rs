@@ -3,7 +3,14 @@
 //! The runtime owns the plan format and the numeric kernels; the compiler depends on this crate
 //! for both, never the other way round.
 
+pub mod bench;
+pub mod cpu;
+pub mod eval;
 pub mod ggml_type;
+pub mod gpu;
+pub mod plan;
 pub mod quant;
+pub mod sampling;
+pub mod tokenizer;
 
 pub use ggml_type::GgmlType;

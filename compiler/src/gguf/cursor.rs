@@ -34,7 +34,10 @@ impl<'a> Cursor<'a> {
         Ok(&self.bytes[start..self.pos])
     }
 
-    pub fn array<const N: usize>(&mut self, what: &dyn Fn() -> String) -> Result<[u8; N], GgufError> {
+    pub fn array<const N: usize>(
+        &mut self,
+        what: &dyn Fn() -> String,
+    ) -> Result<[u8; N], GgufError> {
         let bytes = self.take(N as u64, what)?;
         Ok(bytes.try_into().expect("take returned N bytes"))
     }
@@ -67,7 +70,12 @@ impl<'a> Cursor<'a> {
 
     /// Checks that `count` items of at least `min_item_bytes` each can fit in what is left, so a
     /// forged count fails here instead of driving a huge allocation or a long loop.
-    pub fn check_count(&self, count: u64, min_item_bytes: u64, what: &dyn Fn() -> String) -> Result<(), GgufError> {
+    pub fn check_count(
+        &self,
+        count: u64,
+        min_item_bytes: u64,
+        what: &dyn Fn() -> String,
+    ) -> Result<(), GgufError> {
         let max = self.remaining() / min_item_bytes.max(1);
         if count > max {
             return Err(GgufError::CountTooLarge {

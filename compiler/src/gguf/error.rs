@@ -14,7 +14,9 @@ pub enum GgufError {
     BadMagic { found: Vec<u8> },
     #[error("unsupported GGUF version {version} at byte 4 (supported: 2, 3){hint}")]
     UnsupportedVersion { version: u32, hint: &'static str },
-    #[error("file truncated at byte {offset}: reading {what} needs {needed} bytes, {available} left")]
+    #[error(
+        "file truncated at byte {offset}: reading {what} needs {needed} bytes, {available} left"
+    )]
     Truncated {
         offset: u64,
         what: String,
@@ -32,14 +34,24 @@ pub enum GgufError {
     #[error("at byte {offset}: {what} is not valid UTF-8")]
     InvalidUtf8 { offset: u64, what: String },
     #[error("at byte {offset}: unknown metadata value type {type_id} for key '{key}'")]
-    UnknownValueType { offset: u64, key: String, type_id: u32 },
+    UnknownValueType {
+        offset: u64,
+        key: String,
+        type_id: u32,
+    },
     #[error("at byte {offset}: boolean value {value} for key '{key}' is neither 0 nor 1")]
     BadBool { offset: u64, key: String, value: u8 },
     #[error("at byte {offset}: arrays nested deeper than {max_depth} levels in key '{key}'")]
-    NestingTooDeep { offset: u64, key: String, max_depth: usize },
+    NestingTooDeep {
+        offset: u64,
+        key: String,
+        max_depth: usize,
+    },
     #[error("at byte {offset}: duplicate metadata key '{key}'")]
     DuplicateKey { offset: u64, key: String },
-    #[error("at byte {offset}: general.alignment must be a power of two of type u32, found {found}")]
+    #[error(
+        "at byte {offset}: general.alignment must be a power of two of type u32, found {found}"
+    )]
     BadAlignment { offset: u64, found: String },
     #[error("at byte {offset}: duplicate tensor name '{name}'")]
     DuplicateTensor { offset: u64, name: String },
@@ -51,9 +63,17 @@ pub enum GgufError {
         max: usize,
     },
     #[error("at byte {offset}: tensor '{name}' has unknown type id {type_id}")]
-    UnknownTensorType { offset: u64, name: String, type_id: u32 },
+    UnknownTensorType {
+        offset: u64,
+        name: String,
+        type_id: u32,
+    },
     #[error("at byte {offset}: tensor '{name}' has shape {dims:?} whose element count overflows")]
-    ShapeOverflow { offset: u64, name: String, dims: Vec<u64> },
+    ShapeOverflow {
+        offset: u64,
+        name: String,
+        dims: Vec<u64>,
+    },
     #[error("at byte {offset}: tensor '{name}' of type {ty} has rows of {row_len} elements, not a multiple of the block size {block_len}")]
     PartialBlock {
         offset: u64,

@@ -112,9 +112,19 @@ impl GgufFile {
             version: header.version,
             alignment: header.alignment,
             data_offset: header.data_offset,
-            metadata_index: header.metadata.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect(),
+            metadata_index: header
+                .metadata
+                .iter()
+                .enumerate()
+                .map(|(i, (k, _))| (k.clone(), i))
+                .collect(),
             metadata: header.metadata,
-            tensor_index: header.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect(),
+            tensor_index: header
+                .tensors
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.name.clone(), i))
+                .collect(),
             tensors: header.tensors,
         })
     }
@@ -164,11 +174,15 @@ struct Header {
 impl Header {
     fn parse(bytes: &[u8]) -> Result<Header, GgufError> {
         let mut cur = Cursor::new(bytes);
-        let magic = cur.take(4, &|| "magic".into()).map_err(|_| GgufError::BadMagic {
-            found: bytes[..bytes.len().min(4)].to_vec(),
-        })?;
+        let magic = cur
+            .take(4, &|| "magic".into())
+            .map_err(|_| GgufError::BadMagic {
+                found: bytes[..bytes.len().min(4)].to_vec(),
+            })?;
         if magic != MAGIC {
-            return Err(GgufError::BadMagic { found: magic.to_vec() });
+            return Err(GgufError::BadMagic {
+                found: magic.to_vec(),
+            });
         }
         let version = cur.u32(&|| "version".into())?;
         if version != 2 && version != 3 {
@@ -204,7 +218,10 @@ impl Header {
             let value_offset = cur.offset();
             let value = read_value(&mut cur, ty, &key, 0)?;
             if !keys.insert(key.clone()) {
-                return Err(GgufError::DuplicateKey { offset: entry_offset, key });
+                return Err(GgufError::DuplicateKey {
+                    offset: entry_offset,
+                    key,
+                });
             }
             if key == "general.alignment" {
                 alignment = match value {
@@ -247,7 +264,12 @@ impl Header {
     }
 }
 
-fn read_value(cur: &mut Cursor, ty: ValueType, key: &str, depth: usize) -> Result<Value, GgufError> {
+fn read_value(
+    cur: &mut Cursor,
+    ty: ValueType,
+    key: &str,
+    depth: usize,
+) -> Result<Value, GgufError> {
     let what = || format!("value of '{key}'");
     Ok(match ty {
         ValueType::U8 => Value::U8(cur.u8(&what)?),
@@ -311,7 +333,9 @@ fn read_array(cur: &mut Cursor, key: &str, depth: usize) -> Result<Array, GgufEr
     macro_rules! fixed {
         ($variant:ident, $t:ty) => {
             Array::$variant(collect(cur, len, |c| {
-                Ok(<$t>::from_le_bytes(c.array(&|| format!("element of array '{key}'"))?))
+                Ok(<$t>::from_le_bytes(
+                    c.array(&|| format!("element of array '{key}'"))?,
+                ))
             })?)
         };
     }
@@ -380,11 +404,13 @@ fn read_tensor_info(cur: &mut Cursor, index: u64, alignment: u64) -> Result<Tens
             block_len: ty.block_len(),
         });
     }
-    let bytes = ty.bytes_for(n_elements).ok_or_else(|| GgufError::ShapeOverflow {
-        offset: header_offset,
-        name: name.clone(),
-        dims: dims.clone(),
-    })?;
+    let bytes = ty
+        .bytes_for(n_elements)
+        .ok_or_else(|| GgufError::ShapeOverflow {
+            offset: header_offset,
+            name: name.clone(),
+            dims: dims.clone(),
+        })?;
     if offset % alignment != 0 {
         return Err(GgufError::MisalignedTensor {
             offset: data_offset_at,
@@ -403,7 +429,11 @@ fn read_tensor_info(cur: &mut Cursor, index: u64, alignment: u64) -> Result<Tens
     })
 }
 
-fn check_tensor_extents(tensors: &[TensorInfo], data_offset: u64, file_len: u64) -> Result<(), GgufError> {
+fn check_tensor_extents(
+    tensors: &[TensorInfo],
+    data_offset: u64,
+    file_len: u64,
+) -> Result<(), GgufError> {
     let mut extents = Vec::with_capacity(tensors.len());
     for t in tensors {
         let start = data_offset.checked_add(t.offset);

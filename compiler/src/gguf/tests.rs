@@ -15,10 +15,17 @@ fn sample() -> GgufWriter {
         .metadata("u64", Value::U64(u64::MAX))
         .metadata("i64", Value::I64(i64::MIN))
         .metadata("f64", Value::F64(0.25))
-        .metadata("strings", Value::Array(Array::String(vec!["a".into(), "é".into(), "".into()])))
+        .metadata(
+            "strings",
+            Value::Array(Array::String(vec!["a".into(), "é".into(), "".into()])),
+        )
         .metadata(
             "nested",
-            Value::Array(Array::Array(vec![Array::I32(vec![1, 2]), Array::I32(vec![]), Array::I32(vec![3])])),
+            Value::Array(Array::Array(vec![
+                Array::I32(vec![1, 2]),
+                Array::I32(vec![]),
+                Array::I32(vec![3]),
+            ])),
         )
         .tensor_f32("a", &[2, 3], &[1., 2., 3., 4., 5., 6.])
         .tensor("b", &[32], GgmlType::Q8_0, vec![0u8; 34]);
@@ -37,12 +44,23 @@ fn round_trips_every_value_type_and_tensor() {
     assert_eq!(f.get("f32"), Some(&Value::F32(1e-5)));
     assert_eq!(
         f.get("nested"),
-        Some(&Value::Array(Array::Array(vec![Array::I32(vec![1, 2]), Array::I32(vec![]), Array::I32(vec![3])])))
+        Some(&Value::Array(Array::Array(vec![
+            Array::I32(vec![1, 2]),
+            Array::I32(vec![]),
+            Array::I32(vec![3])
+        ])))
     );
     assert_eq!(f.metadata().len(), 14);
     let a = f.tensor("a").unwrap();
-    assert_eq!((a.dims.as_slice(), a.ty, a.bytes), (&[2u64, 3][..], GgmlType::F32, 24));
-    let data: Vec<f32> = f.tensor_data(a).chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(
+        (a.dims.as_slice(), a.ty, a.bytes),
+        (&[2u64, 3][..], GgmlType::F32, 24)
+    );
+    let data: Vec<f32> = f
+        .tensor_data(a)
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     assert_eq!(data, [1., 2., 3., 4., 5., 6.]);
     let b = f.tensor("b").unwrap();
     assert_eq!(b.offset % f.alignment, 0);
@@ -53,7 +71,8 @@ fn round_trips_every_value_type_and_tensor() {
 fn every_truncation_is_a_clean_error() {
     let bytes = sample().to_bytes();
     for len in 0..bytes.len() {
-        let err = GgufFile::from_bytes(bytes[..len].to_vec()).expect_err(&format!("truncated to {len}"));
+        let err =
+            GgufFile::from_bytes(bytes[..len].to_vec()).expect_err(&format!("truncated to {len}"));
         let ok = matches!(
             err,
             GgufError::BadMagic { .. }
@@ -77,18 +96,33 @@ fn patched(f: impl FnOnce(&mut Vec<u8>)) -> Result<GgufFile, GgufError> {
 #[test]
 fn huge_counts_fail_before_allocating() {
     let err = patched(|b| b[8..16].copy_from_slice(&(1u64 << 60).to_le_bytes())).unwrap_err();
-    assert!(matches!(err, GgufError::CountTooLarge { offset: 24, count, .. } if count == 1 << 60), "{err}");
+    assert!(
+        matches!(err, GgufError::CountTooLarge { offset: 24, count, .. } if count == 1 << 60),
+        "{err}"
+    );
     let err = patched(|b| b[16..24].copy_from_slice(&u64::MAX.to_le_bytes())).unwrap_err();
     assert!(matches!(err, GgufError::CountTooLarge { .. }), "{err}");
     // The first key's length claims 4 GB.
-    let err = patched(|b| b[COUNTS_END..COUNTS_END + 8].copy_from_slice(&(4u64 << 30).to_le_bytes())).unwrap_err();
-    assert!(matches!(err, GgufError::Truncated { offset: 32, needed, .. } if needed == 4 << 30), "{err}");
+    let err =
+        patched(|b| b[COUNTS_END..COUNTS_END + 8].copy_from_slice(&(4u64 << 30).to_le_bytes()))
+            .unwrap_err();
+    assert!(
+        matches!(err, GgufError::Truncated { offset: 32, needed, .. } if needed == 4 << 30),
+        "{err}"
+    );
 }
 
 #[test]
 fn rejects_bad_magic_and_versions() {
-    assert!(matches!(patched(|b| b[0] = b'X').unwrap_err(), GgufError::BadMagic { .. }));
-    for (version, hint) in [(1u32, "version 1"), (4, ""), (3u32.swap_bytes(), "big-endian")] {
+    assert!(matches!(
+        patched(|b| b[0] = b'X').unwrap_err(),
+        GgufError::BadMagic { .. }
+    ));
+    for (version, hint) in [
+        (1u32, "version 1"),
+        (4, ""),
+        (3u32.swap_bytes(), "big-endian"),
+    ] {
         let err = patched(|b| b[4..8].copy_from_slice(&version.to_le_bytes())).unwrap_err();
         assert!(matches!(err, GgufError::UnsupportedVersion { .. }), "{err}");
         assert!(err.to_string().contains(hint), "{err}");
@@ -99,7 +133,10 @@ fn rejects_bad_magic_and_versions() {
 }
 
 fn find(bytes: &[u8], needle: &[u8]) -> usize {
-    bytes.windows(needle.len()).position(|w| w == needle).unwrap()
+    bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap()
 }
 
 #[test]
@@ -110,13 +147,19 @@ fn rejects_bad_values() {
     let err = patched(|b| b[at] = 2).unwrap_err();
     assert!(matches!(err, GgufError::BadBool { value: 2, .. }), "{err}");
     let err = patched(|b| b[at - 4] = 99).unwrap_err();
-    assert!(matches!(err, GgufError::UnknownValueType { type_id: 99, .. }), "{err}");
+    assert!(
+        matches!(err, GgufError::UnknownValueType { type_id: 99, .. }),
+        "{err}"
+    );
     let at = find(&bytes, "é".as_bytes());
     let err = patched(|b| b[at] = 0xff).unwrap_err();
     assert!(matches!(err, GgufError::InvalidUtf8 { .. }), "{err}");
     let at = find(&bytes, b"i16");
     let err = patched(|b| b[at..at + 3].copy_from_slice(b"u16")).unwrap_err();
-    assert!(matches!(err, GgufError::DuplicateKey { ref key, .. } if key == "u16"), "{err}");
+    assert!(
+        matches!(err, GgufError::DuplicateKey { ref key, .. } if key == "u16"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -134,7 +177,9 @@ fn rejects_deep_nesting() {
 #[test]
 fn checks_alignment_metadata() {
     let mut w = GgufWriter::new();
-    w.metadata("general.alignment", Value::U32(64)).tensor_f32("t", &[3], &[1., 2., 3.]).tensor_f32("u", &[1], &[4.]);
+    w.metadata("general.alignment", Value::U32(64))
+        .tensor_f32("t", &[3], &[1., 2., 3.])
+        .tensor_f32("u", &[1], &[4.]);
     let f = GgufFile::from_bytes(w.to_bytes()).unwrap();
     assert_eq!(f.alignment, 64);
     assert_eq!(f.data_offset % 64, 0);
@@ -155,24 +200,38 @@ fn tensor_header_at(bytes: &[u8], name: &str) -> usize {
 fn rejects_bad_tensor_infos() {
     let bytes = sample().to_bytes();
     // Tensor "b": name, n_dims (u32), one dim (u64), type (u32), offset (u64).
-    let at = tensor_header_at(&bytes, "\x01\x00\x00\x00\x00\x00\x00\x00b") ;
+    let at = tensor_header_at(&bytes, "\x01\x00\x00\x00\x00\x00\x00\x00b");
     let err = patched(|b| b[at..at + 4].copy_from_slice(&5u32.to_le_bytes())).unwrap_err();
-    assert!(matches!(err, GgufError::TooManyDims { n_dims: 5, .. }), "{err}");
+    assert!(
+        matches!(err, GgufError::TooManyDims { n_dims: 5, .. }),
+        "{err}"
+    );
     let err = patched(|b| b[at + 12..at + 16].copy_from_slice(&4u32.to_le_bytes())).unwrap_err();
-    assert!(matches!(err, GgufError::UnknownTensorType { type_id: 4, .. }), "{err}");
+    assert!(
+        matches!(err, GgufError::UnknownTensorType { type_id: 4, .. }),
+        "{err}"
+    );
     let err = patched(|b| b[at + 4..at + 12].copy_from_slice(&33u64.to_le_bytes())).unwrap_err();
-    assert!(matches!(err, GgufError::PartialBlock { row_len: 33, .. }), "{err}");
-    let err = patched(|b| b[at + 4..at + 12].copy_from_slice(&(1u64 << 62).to_le_bytes())).unwrap_err();
+    assert!(
+        matches!(err, GgufError::PartialBlock { row_len: 33, .. }),
+        "{err}"
+    );
+    let err =
+        patched(|b| b[at + 4..at + 12].copy_from_slice(&(1u64 << 62).to_le_bytes())).unwrap_err();
     assert!(matches!(err, GgufError::TensorOutOfFile { .. }), "{err}");
     let err = patched(|b| b[at + 16..at + 24].copy_from_slice(&1u64.to_le_bytes())).unwrap_err();
     assert!(matches!(err, GgufError::MisalignedTensor { .. }), "{err}");
-    let err = patched(|b| b[at + 16..at + 24].copy_from_slice(&(u64::MAX - 31).to_le_bytes())).unwrap_err();
+    let err = patched(|b| b[at + 16..at + 24].copy_from_slice(&(u64::MAX - 31).to_le_bytes()))
+        .unwrap_err();
     assert!(matches!(err, GgufError::TensorOutOfFile { .. }), "{err}");
     let err = patched(|b| b[at + 16..at + 24].copy_from_slice(&0u64.to_le_bytes())).unwrap_err();
     assert!(matches!(err, GgufError::OverlappingTensors { .. }), "{err}");
     // Rename "b" to "a".
     let err = patched(|b| b[at - 1] = b'a').unwrap_err();
-    assert!(matches!(err, GgufError::DuplicateTensor { ref name, .. } if name == "a"), "{err}");
+    assert!(
+        matches!(err, GgufError::DuplicateTensor { ref name, .. } if name == "a"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -48,7 +48,12 @@ impl GgufWriter {
 
     /// Adds an f32 tensor from values.
     pub fn tensor_f32(&mut self, name: &str, dims: &[u64], values: &[f32]) -> &mut Self {
-        self.tensor(name, dims, GgmlType::F32, bytemuck::cast_slice(values).to_vec())
+        self.tensor(
+            name,
+            dims,
+            GgmlType::F32,
+            bytemuck::cast_slice(values).to_vec(),
+        )
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {

@@ -21,7 +21,11 @@ pub fn model(id: &str) -> PathBuf {
     path
 }
 
-pub const MODEL_IDS: [&str; 3] = ["smollm2-135m-q4_1", "qwen2.5-0.5b-q4_k_m", "gemma3-270m-q4_k_m"];
+pub const MODEL_IDS: [&str; 3] = [
+    "smollm2-135m-q4_1",
+    "qwen2.5-0.5b-q4_k_m",
+    "gemma3-270m-q4_k_m",
+];
 
 /// A scratch directory unique to this test process.
 pub fn scratch_dir(name: &str) -> PathBuf {

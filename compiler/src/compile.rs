@@ -1,0 +1,96 @@
+//! `llamac compile`: GGUF -> op graph -> passes -> plan file.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context;
+
+use crate::gguf::GgufFile;
+use crate::passes::PipelineOptions;
+
+#[derive(Clone, Copy, Debug)]
+pub struct CompileOptions {
+    /// KV cache length; defaults to the model's training context, capped at `DEFAULT_MAX_CTX`.
+    pub ctx: Option<u32>,
+    pub max_batch: u32,
+}
+
+/// Default KV cache length when `--ctx` is not given: enough for chat, small enough to allocate
+/// everywhere.
+pub const DEFAULT_MAX_CTX: u32 = 4096;
+pub const DEFAULT_MAX_BATCH: u32 = 128;
+
+/// What a compile produced, for the report.
+#[derive(Debug)]
+pub struct CompileSummary {
+    pub steps: usize,
+    pub weights: usize,
+    pub weight_bytes: u64,
+    pub arena_bytes: u64,
+    pub arena_unshared_bytes: u64,
+    pub kv_bytes: u64,
+    pub plan_bytes: u64,
+    pub ctx: u32,
+    pub max_batch: u32,
+    pub seconds: f64,
+}
+
+pub fn compile(
+    input: &Path,
+    output: &Path,
+    options: CompileOptions,
+) -> anyhow::Result<CompileSummary> {
+    let start = Instant::now();
+    let file = GgufFile::open(input).with_context(|| format!("{}", input.display()))?;
+    let (graph, hp) =
+        crate::lower::lower(&file).with_context(|| format!("lowering {}", input.display()))?;
+    let ctx = match options.ctx {
+        Some(0) => anyhow::bail!("--ctx must be at least 1"),
+        Some(c) if u64::from(c) > hp.n_ctx_train => {
+            anyhow::bail!(
+                "--ctx {c} exceeds the model's training context of {} tokens",
+                hp.n_ctx_train
+            )
+        }
+        Some(c) => c,
+        None => (hp.n_ctx_train as u32).min(DEFAULT_MAX_CTX),
+    };
+    if options.max_batch == 0 {
+        anyhow::bail!("--batch must be at least 1");
+    }
+    let pipeline = PipelineOptions {
+        ctx,
+        max_batch: options.max_batch.min(ctx),
+    };
+    let compiled = crate::passes::run_pipeline(graph, &file, pipeline)?;
+    let emitted = crate::emit::emit(&compiled, &file, &hp, pipeline)?;
+    let tokenizer =
+        crate::tokenizer::tokenizer_from_gguf(&file).context("reading the tokenizer")?;
+    let tokenizer_json = serde_json::to_vec(&tokenizer)?;
+    let plan_bytes = llamart::plan::PlanWriter::write(
+        output,
+        &emitted.header,
+        &tokenizer_json,
+        emitted.weights.iter().map(|w| w.as_slice()),
+    )
+    .with_context(|| format!("writing {}", output.display()))?;
+    Ok(CompileSummary {
+        steps: emitted.header.steps.len(),
+        weights: emitted.header.weights.len(),
+        weight_bytes: emitted.header.weights.iter().map(|w| w.bytes).sum(),
+        arena_bytes: compiled.memory.arena_bytes,
+        arena_unshared_bytes: compiled.memory.unshared_bytes,
+        kv_bytes: compiled.kv.bytes,
+        plan_bytes,
+        ctx,
+        max_batch: pipeline.max_batch,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// The compiled graph as text, for `--emit graph` and snapshot tests.
+pub fn graph_listing(input: &GgufFile, options: PipelineOptions) -> anyhow::Result<String> {
+    let (graph, _) = crate::lower::lower(input)?;
+    let compiled = crate::passes::run_pipeline(graph, input, options)?;
+    Ok(compiled.graph.listing(Some(&compiled.schedule)))
+}

@@ -1,0 +1,258 @@
+//! Emission: turns the scheduled, memory-planned graph into the plan the runtime replays.
+
+use std::collections::HashMap;
+
+use llamart::plan::{
+    ArenaLayout, Buf, Kernel, Limits, ModelInfo, PlanHeader, Step, WeightInfo, FORMAT_VERSION,
+    WEIGHT_ALIGN,
+};
+use thiserror::Error;
+
+use crate::gguf::GgufFile;
+use crate::ir::{Dim, Graph, NodeId, Op, WeightData};
+use crate::lower::Hparams;
+use crate::passes::memory::storage_root;
+use crate::passes::{Compiled, PipelineOptions};
+
+#[derive(Debug, Error)]
+pub enum EmitError {
+    #[error("node '{node}': {why}")]
+    Unsupported { node: String, why: String },
+    #[error(transparent)]
+    Gpu(#[from] crate::wgsl::GpuError),
+}
+
+/// A weight's bytes: borrowed from the GGUF file or computed by the compiler.
+pub enum WeightBytes<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<u8>),
+}
+
+impl WeightBytes<'_> {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            WeightBytes::Borrowed(b) => b,
+            WeightBytes::Owned(v) => v,
+        }
+    }
+}
+
+pub struct Emitted<'a> {
+    pub header: PlanHeader,
+    pub weights: Vec<WeightBytes<'a>>,
+}
+
+pub fn emit<'a>(
+    c: &Compiled,
+    file: &'a GgufFile,
+    hp: &Hparams,
+    options: PipelineOptions,
+) -> Result<Emitted<'a>, EmitError> {
+    let g = &c.graph;
+    let mut weights: Vec<WeightInfo> = Vec::new();
+    let mut weight_bytes: Vec<WeightBytes<'a>> = Vec::new();
+    let mut weight_index: HashMap<NodeId, u32> = HashMap::new();
+    let mut weights_len = 0u64;
+
+    let mut buf_of = |id: NodeId, weights: &mut Vec<WeightInfo>| -> Buf {
+        let node = g.node(id);
+        if let Op::Weight { data, ty, dims } = &node.op {
+            let index = *weight_index.entry(id).or_insert_with(|| {
+                let bytes = match data {
+                    WeightData::Gguf(name) => WeightBytes::Borrowed(
+                        file.tensor_data(file.tensor(name).expect("lowering checked the tensor")),
+                    ),
+                    WeightData::Computed(values) => {
+                        WeightBytes::Owned(bytemuck::cast_slice(values).to_vec())
+                    }
+                };
+                let len = bytes.as_slice().len() as u64;
+                weights.push(WeightInfo {
+                    name: node.name.clone(),
+                    ty: *ty,
+                    dims: dims.clone(),
+                    offset: weights_len,
+                    bytes: len,
+                });
+                weight_bytes.push(bytes);
+                weights_len = (weights_len + len).div_ceil(WEIGHT_ALIGN) * WEIGHT_ALIGN;
+                weights.len() as u32 - 1
+            });
+            return Buf::Weight(index);
+        }
+        let p = &c.memory.placements[&storage_root(g, id)];
+        Buf::Arena {
+            offset: p.offset,
+            row_bytes: p.row_bytes,
+        }
+    };
+
+    let mut steps = Vec::new();
+    let mut token_ids = None;
+    for &id in &c.schedule {
+        let node = g.node(id);
+        match node.op {
+            Op::Weight { .. } | Op::Reshape(_) => continue,
+            Op::TokenIds => {
+                token_ids = Some(buf_of(id, &mut weights));
+                continue;
+            }
+            _ => {}
+        }
+        let kernel = kernel_for(g, id)?;
+        let inputs = g
+            .operands(id)
+            .into_iter()
+            .map(|o| buf_of(o, &mut weights))
+            .collect();
+        let output = buf_of(id, &mut weights);
+        steps.push(Step {
+            kernel,
+            inputs,
+            output,
+        });
+    }
+    let logits = buf_of(g.outputs[0], &mut weights);
+    let header = PlanHeader {
+        format_version: FORMAT_VERSION,
+        compiler_version: crate::COMPILER_VERSION.to_string(),
+        model: ModelInfo {
+            architecture: hp.arch.clone(),
+            name: file
+                .get("general.name")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string(),
+            n_vocab: hp.n_vocab as u32,
+            n_embd: hp.n_embd as u32,
+            n_layer: hp.n_layer as u32,
+            n_ctx_train: hp.n_ctx_train as u32,
+            chat_template: file
+                .get("tokenizer.chat_template")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+        },
+        limits: Limits {
+            ctx: options.ctx,
+            max_batch: options.max_batch,
+        },
+        arena: ArenaLayout {
+            bytes: c.memory.arena_bytes,
+        },
+        kv: c.kv.clone(),
+        token_ids: token_ids.expect("every graph reads token ids"),
+        logits,
+        steps,
+        weights,
+        gpu: Default::default(),
+    };
+    let mut header = header;
+    header.gpu = crate::wgsl::gpu_section(&header)?;
+    Ok(Emitted {
+        header,
+        weights: weight_bytes,
+    })
+}
+
+fn fixed(d: &Dim) -> u32 {
+    match d {
+        Dim::Fixed(n) => *n as u32,
+        Dim::Tokens => unreachable!("only the leading dimension is T"),
+    }
+}
+
+fn kernel_for(g: &Graph, id: NodeId) -> Result<Kernel, EmitError> {
+    let node = g.node(id);
+    let ty = g.ty(id);
+    let per_token = ty.per_token_elements().expect("activation") as u32;
+    let operands = g.operands(id);
+    let unsupported = |why: String| EmitError::Unsupported {
+        node: node.name.clone(),
+        why,
+    };
+    let second_is_weight = || operands.get(1).is_some_and(|&o| g.node(o).op.is_weight());
+    Ok(match &node.op {
+        Op::Embed => {
+            let Op::Weight { ty: wt, .. } = &g.node(operands[0]).op else {
+                unreachable!("typed as weight")
+            };
+            if !llamart::quant::can_dequantize(*wt) {
+                return Err(unsupported(format!(
+                    "embedding table of type {wt} cannot be read"
+                )));
+            }
+            Kernel::Embed { n: per_token }
+        }
+        Op::RmsNorm { eps } => {
+            let n = fixed(ty.shape.last().expect("has dims"));
+            Kernel::RmsNorm {
+                n,
+                groups: per_token / n,
+                eps: *eps,
+            }
+        }
+        Op::MatMul => {
+            let Op::Weight { ty: wt, dims, .. } = &g.node(operands[1]).op else {
+                unreachable!("typed as weight")
+            };
+            if !llamart::cpu::matmul_supports(*wt) {
+                return Err(unsupported(format!(
+                    "matrix product with {wt} weights is not supported (supported: {})",
+                    llamart::cpu::MATMUL_TYPES
+                        .iter()
+                        .map(|t| t.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            Kernel::MatMul {
+                k: dims[0] as u32,
+                n: dims[1] as u32,
+            }
+        }
+        Op::Add => Kernel::Add {
+            n: per_token,
+            broadcast: second_is_weight(),
+        },
+        Op::Mul => Kernel::Mul {
+            n: per_token,
+            broadcast: second_is_weight(),
+        },
+        Op::Scale(f) => Kernel::Scale {
+            n: per_token,
+            factor: *f,
+        },
+        Op::AddScalar(_) => {
+            return Err(unsupported(
+                "adding a scalar to activations has no kernel".into(),
+            ))
+        }
+        Op::Unary(op) => Kernel::Unary {
+            n: per_token,
+            op: *op,
+        },
+        Op::Rope { n_rot, base, neox } => Kernel::Rope {
+            n_head: fixed(&ty.shape[1]),
+            head_dim: fixed(&ty.shape[2]),
+            n_rot: *n_rot,
+            base: *base,
+            neox: *neox,
+        },
+        Op::Attention {
+            layer,
+            scale,
+            window,
+        } => {
+            let k = g.ty(operands[1]);
+            Kernel::Attention {
+                layer: *layer,
+                n_head: fixed(&ty.shape[1]),
+                n_kv_head: fixed(&k.shape[1]),
+                head_dim: fixed(&ty.shape[2]),
+                scale: *scale,
+                window: *window,
+            }
+        }
+        Op::TokenIds | Op::Weight { .. } | Op::Reshape(_) => unreachable!("not kernels"),
+    })
+}

@@ -1,0 +1,232 @@
+//! Infers every node's output type from its operands and checks that the ops make sense
+//! (matching inner dimensions, head counts that divide, ...). Later passes rely on the types.
+
+use crate::ir::{DType, Dim, Graph, NodeId, Op, TensorType};
+
+use super::PassError;
+
+pub fn run(g: &mut Graph) -> Result<(), PassError> {
+    let order = super::schedule::topological(g);
+    for id in order {
+        let ty = infer(g, id).map_err(|why| PassError::Shape {
+            node: g.node(id).name.clone(),
+            op: g.node(id).op.mnemonic(),
+            why,
+        })?;
+        g.dag[id].ty = Some(ty);
+    }
+    Ok(())
+}
+
+fn fixed(dims: &[u64]) -> Vec<Dim> {
+    dims.iter().map(|&d| Dim::Fixed(d)).collect()
+}
+
+fn infer(g: &Graph, id: NodeId) -> Result<TensorType, String> {
+    let operands: Vec<&TensorType> = g
+        .operands(id)
+        .into_iter()
+        .map(|o| g.node(o).ty.as_ref().expect("operands are inferred first"))
+        .collect();
+    let arity = |n: usize| -> Result<(), String> {
+        if operands.len() == n {
+            Ok(())
+        } else {
+            Err(format!("takes {n} operands, has {}", operands.len()))
+        }
+    };
+    let activation = |t: &TensorType| -> Result<u64, String> {
+        match (t.dtype, t.per_token_elements()) {
+            (DType::F32, Some(n)) => Ok(n),
+            _ => Err(format!("expects f32 activations [T, ...], got {t}")),
+        }
+    };
+    let op = &g.node(id).op;
+    Ok(match op {
+        Op::TokenIds => TensorType::new(vec![Dim::Tokens], DType::I32),
+        Op::Weight { ty, dims, .. } => {
+            // Row-major shape: ggml's dims reversed.
+            let shape = fixed(&dims.iter().rev().copied().collect::<Vec<_>>());
+            TensorType::new(shape, DType::Ggml(*ty))
+        }
+        Op::Embed => {
+            arity(2)?;
+            let (table, ids) = (operands[0], operands[1]);
+            let n = match (table.dtype, table.shape.as_slice()) {
+                (DType::Ggml(_), [Dim::Fixed(_), Dim::Fixed(n)]) => *n,
+                _ => return Err(format!("table must be a 2-D weight, got {table}")),
+            };
+            if ids.dtype != DType::I32 || ids.shape != [Dim::Tokens] {
+                return Err(format!("ids must be i32[T], got {ids}"));
+            }
+            TensorType::new(vec![Dim::Tokens, Dim::Fixed(n)], DType::F32)
+        }
+        Op::RmsNorm { .. } => {
+            arity(2)?;
+            activation(operands[0])?;
+            let n = match operands[0].shape.last() {
+                Some(Dim::Fixed(n)) => *n,
+                _ => return Err("x needs a fixed last dimension".into()),
+            };
+            if operands[1].fixed_elements() != Some(n) || operands[1].shape.len() != 1 {
+                return Err(format!("weight must be [{n}], got {}", operands[1]));
+            }
+            operands[0].clone()
+        }
+        Op::MatMul => {
+            arity(2)?;
+            let k = activation(operands[0])?;
+            if operands[0].shape.len() != 2 {
+                return Err(format!("x must be [T, k], got {}", operands[0]));
+            }
+            match (operands[1].dtype, operands[1].shape.as_slice()) {
+                (DType::Ggml(_), [Dim::Fixed(n), Dim::Fixed(wk)]) if *wk == k => {
+                    TensorType::new(vec![Dim::Tokens, Dim::Fixed(*n)], DType::F32)
+                }
+                _ => return Err(format!("weight must be [n, {k}], got {}", operands[1])),
+            }
+        }
+        Op::Add | Op::Mul => {
+            arity(2)?;
+            let n = activation(operands[0])?;
+            let b = operands[1];
+            let b_ok = if b.dtype == DType::F32 {
+                b.per_token_elements() == Some(n)
+            } else {
+                matches!(b.dtype, DType::Ggml(llamart::GgmlType::F32))
+                    && b.fixed_elements() == Some(n)
+            };
+            if !b_ok {
+                return Err(format!("operands {} and {b} do not match", operands[0]));
+            }
+            operands[0].clone()
+        }
+        Op::AddScalar(_) | Op::Scale(_) | Op::Unary(_) => {
+            arity(1)?;
+            let t = operands[0];
+            if t.dtype != DType::F32 && t.dtype != DType::Ggml(llamart::GgmlType::F32) {
+                return Err(format!("expects f32 values, got {t}"));
+            }
+            t.clone()
+        }
+        Op::Reshape(dims) => {
+            arity(1)?;
+            let n = activation(operands[0])?;
+            if dims.iter().product::<u64>() != n {
+                return Err(format!("cannot reshape {} to [T, {dims:?}]", operands[0]));
+            }
+            let mut shape = vec![Dim::Tokens];
+            shape.extend(fixed(dims));
+            TensorType::new(shape, DType::F32)
+        }
+        Op::Rope { n_rot, .. } => {
+            arity(1)?;
+            activation(operands[0])?;
+            match operands[0].shape.as_slice() {
+                [Dim::Tokens, Dim::Fixed(_), Dim::Fixed(hd)]
+                    if u64::from(*n_rot) <= *hd && n_rot % 2 == 0 => {}
+                _ => {
+                    return Err(format!(
+                        "needs [T, heads, head_dim >= {n_rot}], got {}",
+                        operands[0]
+                    ))
+                }
+            }
+            operands[0].clone()
+        }
+        Op::Attention { .. } => {
+            arity(3)?;
+            let heads = |t: &TensorType| match t.shape.as_slice() {
+                [Dim::Tokens, Dim::Fixed(h), Dim::Fixed(d)] if t.dtype == DType::F32 => {
+                    Ok((*h, *d))
+                }
+                _ => Err(format!(
+                    "q, k and v must be f32[T, heads, head_dim], got {t}"
+                )),
+            };
+            let ((hq, dq), (hk, dk), (hv, dv)) = (
+                heads(operands[0])?,
+                heads(operands[1])?,
+                heads(operands[2])?,
+            );
+            if dq != dk || dk != dv || hk != hv || hk == 0 || hq % hk != 0 {
+                return Err(format!(
+                    "q {}, k {}, v {} do not form grouped-query attention",
+                    operands[0], operands[1], operands[2]
+                ));
+            }
+            operands[0].clone()
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::WeightData;
+    use llamart::GgmlType;
+
+    fn w(g: &mut Graph, dims: &[u64]) -> NodeId {
+        g.add(
+            "w",
+            Op::Weight {
+                data: WeightData::Computed(vec![]),
+                ty: GgmlType::F32,
+                dims: dims.to_vec(),
+            },
+            &[],
+        )
+    }
+
+    #[test]
+    fn infers_a_projection_chain() {
+        let mut g = Graph::new();
+        let ids = g.add("ids", Op::TokenIds, &[]);
+        let table = w(&mut g, &[8, 100]);
+        let x = g.add("x", Op::Embed, &[table, ids]);
+        let wq = w(&mut g, &[8, 12]);
+        let q = g.add("q", Op::MatMul, &[x, wq]);
+        let q = g.add("qh", Op::Reshape(vec![3, 4]), &[q]);
+        run(&mut g).unwrap();
+        assert_eq!(g.ty(q).to_string(), "f32[T, 3, 4]");
+        assert_eq!(g.ty(table).to_string(), "f32[100, 8]");
+    }
+
+    #[test]
+    fn rejects_mismatched_inner_dimension_naming_the_node() {
+        let mut g = Graph::new();
+        let ids = g.add("ids", Op::TokenIds, &[]);
+        let table = w(&mut g, &[8, 100]);
+        let x = g.add("x", Op::Embed, &[table, ids]);
+        let wq = w(&mut g, &[9, 12]);
+        g.add("blk.0.attn_q", Op::MatMul, &[x, wq]);
+        let err = run(&mut g).unwrap_err().to_string();
+        assert!(
+            err.contains("blk.0.attn_q") && err.contains("matmul") && err.contains("[n, 8]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rejects_heads_that_do_not_group() {
+        let mut g = Graph::new();
+        let ids = g.add("ids", Op::TokenIds, &[]);
+        let table = w(&mut g, &[12, 100]);
+        let x = g.add("x", Op::Embed, &[table, ids]);
+        let q = g.add("q", Op::Reshape(vec![3, 4]), &[x]);
+        let k = g.add("k", Op::Reshape(vec![2, 6]), &[x]);
+        g.add(
+            "attn",
+            Op::Attention {
+                layer: 0,
+                scale: 1.0,
+                window: None,
+            },
+            &[q, k, k],
+        );
+        assert!(run(&mut g)
+            .unwrap_err()
+            .to_string()
+            .contains("grouped-query"));
+    }
+}

@@ -1,0 +1,543 @@
+//! The GPU form of a plan: every step specialized into WGSL compute kernels from the sources in
+//! shaders/, with its dimensions baked in as constants, validated with naga, plus the dispatches
+//! and bindings that run them. Weights larger than one storage binding may be are split by rows
+//! across several dispatches.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use llamart::plan::{
+    Buf, GpuBinding, GpuDispatch, GpuKernel, GpuRequirements, GpuSection, Kernel, PlanHeader,
+    UnaryOp,
+};
+use llamart::GgmlType;
+use thiserror::Error;
+
+/// WebGPU's default `maxStorageBufferBindingSize`, also lavapipe's: every binding stays within it.
+pub const MAX_BINDING_BYTES: u64 = 128 << 20;
+/// Binding offsets are multiples of this (WebGPU's largest `minStorageBufferOffsetAlignment`).
+pub const OFFSET_ALIGN: u64 = 256;
+const WORKGROUP: u32 = 64;
+/// Tokens each matmul invocation handles (`TILE` in shaders/matmul.wgsl).
+const MATMUL_TILE: u32 = 8;
+
+#[derive(Debug, Error)]
+pub enum GpuError {
+    #[error("the GPU kernel for step {step} ({label}) does not validate: {why}")]
+    Invalid {
+        step: usize,
+        label: String,
+        why: String,
+    },
+    #[error("step {step}: no GPU kernel reads {ty} weights")]
+    UnsupportedType { step: usize, ty: GgmlType },
+    #[error("step {step}: one row of weight '{name}' ({bytes} bytes) exceeds a storage binding")]
+    RowTooLarge {
+        step: usize,
+        name: String,
+        bytes: u64,
+    },
+}
+
+fn shader(name: &str) -> &'static str {
+    match name {
+        "common" => include_str!("../../shaders/common.wgsl"),
+        "embed" => include_str!("../../shaders/embed.wgsl"),
+        "rms_norm" => include_str!("../../shaders/rms_norm.wgsl"),
+        "matmul" => include_str!("../../shaders/matmul.wgsl"),
+        "binary_rows" => include_str!("../../shaders/binary_rows.wgsl"),
+        "binary_broadcast" => include_str!("../../shaders/binary_broadcast.wgsl"),
+        "unary" => include_str!("../../shaders/unary.wgsl"),
+        "rope" => include_str!("../../shaders/rope.wgsl"),
+        "kv_store" => include_str!("../../shaders/kv_store.wgsl"),
+        "attention" => include_str!("../../shaders/attention.wgsl"),
+        other => unreachable!("no shader {other}"),
+    }
+}
+
+/// The decoder of a weight type, if the GPU reads it.
+fn weight_decoder(ty: GgmlType) -> Option<&'static str> {
+    Some(match ty {
+        GgmlType::F32 => include_str!("../../shaders/weights/f32.wgsl"),
+        GgmlType::F16 => include_str!("../../shaders/weights/f16.wgsl"),
+        GgmlType::BF16 => include_str!("../../shaders/weights/bf16.wgsl"),
+        GgmlType::Q4_0 => include_str!("../../shaders/weights/q4_0.wgsl"),
+        GgmlType::Q4_1 => include_str!("../../shaders/weights/q4_1.wgsl"),
+        GgmlType::Q5_0 => include_str!("../../shaders/weights/q5_0.wgsl"),
+        GgmlType::Q5_1 => include_str!("../../shaders/weights/q5_1.wgsl"),
+        GgmlType::Q8_0 => include_str!("../../shaders/weights/q8_0.wgsl"),
+        GgmlType::Q4_K => include_str!("../../shaders/weights/q4_k.wgsl"),
+        GgmlType::Q6_K => include_str!("../../shaders/weights/q6_k.wgsl"),
+        _ => return None,
+    })
+}
+
+/// Weight types the GPU kernels read.
+pub fn gpu_supports(ty: GgmlType) -> bool {
+    weight_decoder(ty).is_some()
+}
+
+/// A constant baked into a kernel.
+enum Const {
+    U(u64),
+    F(f32),
+    B(bool),
+}
+
+/// Assembles a kernel: constants, the shared prelude, the weight decoder, the op.
+fn module(op: &str, weight: Option<GgmlType>, consts: &[(&str, Const)]) -> String {
+    let mut src = String::new();
+    for (name, value) in consts {
+        let _ = match value {
+            Const::U(v) => writeln!(src, "const {name}: u32 = {v}u;"),
+            Const::F(v) => writeln!(src, "const {name}: f32 = {v:?};"),
+            Const::B(v) => writeln!(src, "const {name}: bool = {v};"),
+        };
+    }
+    src.push_str(shader("common"));
+    if let Some(ty) = weight {
+        src.push_str(include_str!("../../shaders/weights/bytes.wgsl"));
+        src.push_str(weight_decoder(ty).expect("checked by the caller"));
+    }
+    src.push_str(shader(op));
+    src
+}
+
+/// Parses and validates a kernel with naga.
+pub fn validate(wgsl: &str) -> Result<(naga::Module, naga::valid::ModuleInfo), String> {
+    let module = naga::front::wgsl::parse_str(wgsl).map_err(|e| e.emit_to_string(wgsl))?;
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::empty(),
+    )
+    .validate(&module)
+    .map_err(|e| e.emit_to_string(wgsl))?;
+    Ok((module, info))
+}
+
+/// Translates a validated kernel to Metal Shading Language, with binding n of group 0 in
+/// `[[buffer(n)]]`.
+pub fn to_msl(wgsl: &str) -> Result<String, String> {
+    use naga::back::msl;
+    let (module, info) = validate(wgsl)?;
+    let mut resources = msl::EntryPointResources::default();
+    for var in module.global_variables.iter().map(|(_, v)| v) {
+        if let Some(b) = &var.binding {
+            resources.resources.insert(
+                b.clone(),
+                msl::BindTarget {
+                    buffer: Some(b.binding as u8),
+                    ..Default::default()
+                },
+            );
+        }
+    }
+    resources.sizes_buffer = Some(30);
+    let mut options = msl::Options {
+        lang_version: (2, 4),
+        fake_missing_bindings: false,
+        ..Default::default()
+    };
+    options
+        .per_entry_point_map
+        .insert("main".to_string(), resources);
+    let pipeline = msl::PipelineOptions::default();
+    let (text, _) =
+        msl::write_string(&module, &info, &options, &pipeline).map_err(|e| e.to_string())?;
+    Ok(text)
+}
+
+struct Emitter<'a> {
+    h: &'a PlanHeader,
+    kernels: Vec<GpuKernel>,
+    index: HashMap<String, u32>,
+    dispatches: Vec<GpuDispatch>,
+}
+
+impl Emitter<'_> {
+    fn kernel(&mut self, step: usize, label: String, wgsl: String) -> Result<u32, GpuError> {
+        if let Some(&i) = self.index.get(&wgsl) {
+            return Ok(i);
+        }
+        validate(&wgsl).map_err(|why| GpuError::Invalid {
+            step,
+            label: label.clone(),
+            why,
+        })?;
+        let i = self.kernels.len() as u32;
+        self.index.insert(wgsl.clone(), i);
+        self.kernels.push(GpuKernel { label, wgsl });
+        Ok(i)
+    }
+
+    fn dispatch(
+        &mut self,
+        step: usize,
+        kernel: u32,
+        bindings: Vec<GpuBinding>,
+        groups_x: u64,
+        tokens_per_group: u32,
+    ) {
+        self.dispatches.push(GpuDispatch {
+            step: step as u32,
+            kernel,
+            bindings,
+            groups_x: groups_x as u32,
+            tokens_per_group,
+        });
+    }
+
+    fn arena(&self, b: &Buf) -> GpuBinding {
+        match *b {
+            Buf::Arena { offset, row_bytes } => GpuBinding::Arena {
+                offset,
+                size: row_bytes * u64::from(self.h.limits.max_batch),
+            },
+            Buf::Weight(_) => unreachable!("an activation operand"),
+        }
+    }
+
+    fn whole_weight(&self, b: &Buf) -> GpuBinding {
+        let Buf::Weight(index) = *b else {
+            unreachable!("a weight operand")
+        };
+        GpuBinding::Weight {
+            index,
+            offset: 0,
+            size: self.h.weights[index as usize].bytes.div_ceil(4) * 4,
+        }
+    }
+
+    /// Splits weight `b`'s rows into parts that each fit one binding, at aligned offsets:
+    /// (first row, rows, binding).
+    fn weight_parts(
+        &self,
+        step: usize,
+        b: &Buf,
+    ) -> Result<(GgmlType, u64, Vec<(u64, u64, GpuBinding)>), GpuError> {
+        let Buf::Weight(index) = *b else {
+            unreachable!("a weight operand")
+        };
+        let w = &self.h.weights[index as usize];
+        if !gpu_supports(w.ty) {
+            return Err(GpuError::UnsupportedType { step, ty: w.ty });
+        }
+        let row_bytes = w.ty.bytes_for(w.dims[0]).expect("checked by the plan");
+        let rows = w.dims[1..].iter().product::<u64>();
+        // Rows per part: a multiple of the workgroup size whose byte length keeps offsets aligned.
+        let align_rows = lcm(
+            u64::from(WORKGROUP),
+            OFFSET_ALIGN / gcd(row_bytes, OFFSET_ALIGN),
+        );
+        let per_part = (MAX_BINDING_BYTES / row_bytes) / align_rows * align_rows;
+        if per_part == 0 {
+            return Err(GpuError::RowTooLarge {
+                step,
+                name: w.name.clone(),
+                bytes: row_bytes,
+            });
+        }
+        let mut parts = Vec::new();
+        let mut first = 0;
+        while first < rows {
+            let n = per_part.min(rows - first);
+            let size = (n * row_bytes).div_ceil(4) * 4;
+            parts.push((
+                first,
+                n,
+                GpuBinding::Weight {
+                    index,
+                    offset: first * row_bytes,
+                    size,
+                },
+            ));
+            first += n;
+        }
+        Ok((w.ty, row_bytes, parts))
+    }
+
+    fn step(&mut self, i: usize) -> Result<(), GpuError> {
+        let step = &self.h.steps[i];
+        let io = |j: usize| &step.inputs[j];
+        let groups = |n: u64| n.div_ceil(u64::from(WORKGROUP));
+        match step.kernel {
+            Kernel::Embed { n } => {
+                let (ty, row_bytes, parts) = self.weight_parts(i, io(0))?;
+                for (row0, rows, binding) in parts {
+                    let consts = [
+                        ("N", Const::U(n.into())),
+                        ("ROW_BYTES", Const::U(row_bytes)),
+                        ("ROW0", Const::U(row0)),
+                        ("ROWS", Const::U(rows)),
+                    ];
+                    let k = self.kernel(
+                        i,
+                        format!("embed_{ty}_n{n}"),
+                        module("embed", Some(ty), &consts),
+                    )?;
+                    let bindings = vec![binding, self.arena(io(1)), self.arena(&step.output)];
+                    self.dispatch(i, k, bindings, groups(n.into()), 1);
+                }
+            }
+            Kernel::RmsNorm { n, groups: g, eps } => {
+                let consts = [
+                    ("N", Const::U(n.into())),
+                    ("GROUPS", Const::U(g.into())),
+                    ("EPS", Const::F(eps)),
+                ];
+                let k = self.kernel(
+                    i,
+                    format!("rms_norm_n{n}x{g}"),
+                    module("rms_norm", None, &consts),
+                )?;
+                let bindings = vec![
+                    self.whole_weight(io(1)),
+                    self.arena(io(0)),
+                    self.arena(&step.output),
+                ];
+                self.dispatch(i, k, bindings, g.into(), 1);
+            }
+            Kernel::MatMul { k, n } => {
+                let (ty, row_bytes, parts) = self.weight_parts(i, io(1))?;
+                for (n0, np, binding) in parts {
+                    let consts = [
+                        ("K", Const::U(k.into())),
+                        ("N", Const::U(n.into())),
+                        ("N0", Const::U(n0)),
+                        ("NP", Const::U(np)),
+                        ("ROW_BYTES", Const::U(row_bytes)),
+                    ];
+                    let kern = self.kernel(
+                        i,
+                        format!("matmul_{ty}_k{k}_n{n}"),
+                        module("matmul", Some(ty), &consts),
+                    )?;
+                    let bindings = vec![binding, self.arena(io(0)), self.arena(&step.output)];
+                    self.dispatch(i, kern, bindings, groups(np), MATMUL_TILE);
+                }
+            }
+            Kernel::Add { n, broadcast } | Kernel::Mul { n, broadcast } => {
+                let op = u64::from(matches!(step.kernel, Kernel::Mul { .. }));
+                let consts = [("N", Const::U(n.into())), ("OP", Const::U(op))];
+                let (file, b) = if broadcast {
+                    ("binary_broadcast", self.whole_weight(io(1)))
+                } else {
+                    ("binary_rows", self.arena(io(1)))
+                };
+                let k = self.kernel(
+                    i,
+                    format!("{file}_op{op}_n{n}"),
+                    module(file, None, &consts),
+                )?;
+                let bindings = vec![self.arena(io(0)), b, self.arena(&step.output)];
+                self.dispatch(i, k, bindings, groups(n.into()), 1);
+            }
+            Kernel::Scale { n, factor } => {
+                let consts = [
+                    ("N", Const::U(n.into())),
+                    ("OP", Const::U(2)),
+                    ("FACTOR", Const::F(factor)),
+                ];
+                let k = self.kernel(i, format!("scale_n{n}"), module("unary", None, &consts))?;
+                self.dispatch(
+                    i,
+                    k,
+                    vec![self.arena(io(0)), self.arena(&step.output)],
+                    groups(n.into()),
+                    1,
+                );
+            }
+            Kernel::Unary { n, op } => {
+                let code = match op {
+                    UnaryOp::Silu => 0,
+                    UnaryOp::GeluTanh => 1,
+                };
+                let consts = [
+                    ("N", Const::U(n.into())),
+                    ("OP", Const::U(code)),
+                    ("FACTOR", Const::F(0.0)),
+                ];
+                let k = self.kernel(
+                    i,
+                    format!("unary{code}_n{n}"),
+                    module("unary", None, &consts),
+                )?;
+                self.dispatch(
+                    i,
+                    k,
+                    vec![self.arena(io(0)), self.arena(&step.output)],
+                    groups(n.into()),
+                    1,
+                );
+            }
+            Kernel::Rope {
+                n_head,
+                head_dim,
+                n_rot,
+                base,
+                neox,
+            } => {
+                let consts = [
+                    ("N_HEAD", Const::U(n_head.into())),
+                    ("HEAD_DIM", Const::U(head_dim.into())),
+                    ("N_ROT", Const::U(n_rot.into())),
+                    ("BASE", Const::F(base)),
+                    ("NEOX", Const::B(neox)),
+                ];
+                let k = self.kernel(
+                    i,
+                    format!("rope_{n_head}x{head_dim}"),
+                    module("rope", None, &consts),
+                )?;
+                self.dispatch(
+                    i,
+                    k,
+                    vec![self.arena(io(0)), self.arena(&step.output)],
+                    groups(u64::from(n_head * head_dim)),
+                    1,
+                );
+            }
+            Kernel::Attention {
+                layer,
+                n_head,
+                n_kv_head,
+                head_dim,
+                scale,
+                window,
+            } => {
+                let lay = self.h.kv.layers[layer as usize];
+                let ctx = u64::from(self.h.limits.ctx);
+                let region = ctx * lay.row_len() as u64 * 4;
+                let (kc, vc) = (
+                    GpuBinding::Kv {
+                        offset: lay.k_offset,
+                        size: region,
+                    },
+                    GpuBinding::Kv {
+                        offset: lay.v_offset,
+                        size: region,
+                    },
+                );
+                let row = u64::from(n_kv_head * head_dim);
+                let store = self.kernel(
+                    i,
+                    format!("kv_store_{row}"),
+                    module("kv_store", None, &[("ROW", Const::U(row))]),
+                )?;
+                self.dispatch(
+                    i,
+                    store,
+                    vec![self.arena(io(1)), self.arena(io(2)), kc, vc],
+                    groups(row),
+                    1,
+                );
+                let consts = [
+                    ("N_HEAD", Const::U(n_head.into())),
+                    ("N_KV_HEAD", Const::U(n_kv_head.into())),
+                    ("HEAD_DIM", Const::U(head_dim.into())),
+                    ("SCALE", Const::F(scale)),
+                    ("WINDOW", Const::U(window.unwrap_or(0).into())),
+                    ("CTX", Const::U(ctx)),
+                ];
+                let k = self.kernel(
+                    i,
+                    format!("attention_{n_head}x{head_dim}"),
+                    module("attention", None, &consts),
+                )?;
+                let scratch = GpuBinding::Scratch {
+                    offset: 0,
+                    size: scratch_bytes(self.h),
+                };
+                self.dispatch(
+                    i,
+                    k,
+                    vec![self.arena(io(0)), kc, vc, scratch, self.arena(&step.output)],
+                    n_head.into(),
+                    1,
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+fn lcm(a: u64, b: u64) -> u64 {
+    a / gcd(a, b) * b
+}
+
+/// Attention scores: one row of `ctx` values per head and token of a step.
+fn scratch_bytes(h: &PlanHeader) -> u64 {
+    let heads = h.steps.iter().filter_map(|s| match s.kernel {
+        Kernel::Attention { n_head, .. } => Some(u64::from(n_head)),
+        _ => None,
+    });
+    heads.max().unwrap_or(0) * u64::from(h.limits.max_batch) * u64::from(h.limits.ctx) * 4
+}
+
+/// The GPU form of the plan's steps.
+pub fn gpu_section(h: &PlanHeader) -> Result<GpuSection, GpuError> {
+    let mut e = Emitter {
+        h,
+        kernels: Vec::new(),
+        index: HashMap::new(),
+        dispatches: Vec::new(),
+    };
+    for i in 0..h.steps.len() {
+        e.step(i)?;
+    }
+    let binding_bytes = e
+        .dispatches
+        .iter()
+        .flat_map(|d| &d.bindings)
+        .map(|b| match *b {
+            GpuBinding::Weight { size, .. }
+            | GpuBinding::Arena { size, .. }
+            | GpuBinding::Kv { size, .. }
+            | GpuBinding::Scratch { size, .. } => size,
+        })
+        .max()
+        .unwrap_or(0);
+    let scratch = scratch_bytes(h);
+    let weights: u64 = h.weights.iter().map(|w| w.bytes.div_ceil(4) * 4).sum();
+    let logits_bytes = u64::from(h.limits.max_batch) * u64::from(h.model.n_vocab) * 4;
+    let max_buffer = [h.arena.bytes, h.kv.bytes, scratch]
+        .into_iter()
+        .chain(h.weights.iter().map(|w| w.bytes))
+        .max()
+        .unwrap_or(0);
+    Ok(GpuSection {
+        requirements: GpuRequirements {
+            features: Vec::new(),
+            max_storage_binding_bytes: binding_bytes,
+            max_buffer_bytes: max_buffer,
+            max_workgroups_per_dimension: e
+                .dispatches
+                .iter()
+                .map(|d| d.groups_x)
+                .max()
+                .unwrap_or(1)
+                .max(h.limits.max_batch),
+            workgroup_size: WORKGROUP,
+            workgroup_storage_bytes: WORKGROUP * 4,
+            storage_buffers_per_stage: e
+                .dispatches
+                .iter()
+                .map(|d| d.bindings.len() as u32)
+                .max()
+                .unwrap_or(0),
+            offset_alignment: OFFSET_ALIGN,
+        },
+        memory_bytes: weights + h.arena.bytes + h.kv.bytes + scratch + 16 + logits_bytes,
+        scratch_bytes: scratch,
+        kernels: e.kernels,
+        dispatches: e.dispatches,
+    })
+}

@@ -1,0 +1,138 @@
+//! Micro-benchmarks of the CPU matrix-product kernels at SmolLM2-135M's sizes.
+//!
+//! `cargo bench -p llamart --bench kernels [-- FILTER]`. Shapes are `KxN` as GGUF writes them
+//! (K inputs, N output rows): 576x1536 (ffn gate/up), 1536x576 (ffn down) and 576x49152 (the
+//! tied Q8_0 LM head). Single-token products (decode) report weight bytes per second, to compare
+//! with the memory bandwidth; the T=64 batches (prefill) report multiply-adds per second.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use llamart::cpu::dot::{ActFormat, Kernels, Level, QuantActs};
+use llamart::cpu::MatMul;
+use llamart::GgmlType;
+
+const SHAPES: [(usize, usize); 3] = [(576, 1536), (1536, 576), (576, 49152)];
+
+/// Deterministic bytes (xorshift) with every block's f16 scale fields set to small values, so the
+/// products stay finite whatever the quants are.
+fn weights(ty: GgmlType, k: usize, n: usize) -> Vec<u8> {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut w: Vec<u8> = (0..ty.bytes_for((k * n) as u64).unwrap())
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let scale_fields: &[usize] = if ty == GgmlType::Q4_1 { &[0, 2] } else { &[0] };
+    for block in w.chunks_exact_mut(ty.block_bytes()) {
+        for &at in scale_fields {
+            block[at..at + 2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+        }
+    }
+    w
+}
+
+fn activations(n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
+fn levels() -> Vec<Kernels> {
+    Level::ALL
+        .iter()
+        .filter_map(|&l| Kernels::for_level(l))
+        .collect()
+}
+
+/// One thread, one kernel call over all rows: the kernels' own speed.
+fn tiles(c: &mut Criterion) {
+    for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
+        let format = ActFormat::for_weight(ty).unwrap();
+        for (k, n) in SHAPES {
+            let w = weights(ty, k, n);
+            let row_bytes = w.len() / n;
+            for n_tokens in [1, 64] {
+                let mut group = c.benchmark_group(format!("tile/{ty}/{k}x{n}/T{n_tokens}"));
+                group.sample_size(if n_tokens * n > 1 << 20 { 10 } else { 50 });
+                group.throughput(if n_tokens == 1 {
+                    Throughput::Bytes(w.len() as u64)
+                } else {
+                    Throughput::Elements((k * n * n_tokens) as u64)
+                });
+                let x = activations(k * n_tokens);
+                let mut y = vec![0.0f32; n * n_tokens];
+                for kernels in levels() {
+                    let mut acts = QuantActs::new(k, n_tokens, [ty]);
+                    let view = acts.quantize(kernels.level, format, &x, k);
+                    let tile = kernels.tile(ty).unwrap();
+                    group.bench_function(
+                        BenchmarkId::from_parameter(format!("{:?}", kernels.level)),
+                        |b| {
+                            // SAFETY: the view holds n_tokens rows of k values in ty's format, and y
+                            // n_tokens rows of n outputs.
+                            b.iter(|| unsafe {
+                                tile(black_box(&w), row_bytes, &view, y.as_mut_ptr(), n)
+                            })
+                        },
+                    );
+                }
+                group.finish();
+            }
+        }
+    }
+}
+
+/// Quantizing the activations of one product (the part every product pays before its kernels).
+fn quantize(c: &mut Criterion) {
+    let mut group = c.benchmark_group("quantize");
+    for (format, ty) in [
+        (ActFormat::Q8_1, GgmlType::Q4_1),
+        (ActFormat::Q8_0, GgmlType::Q8_0),
+    ] {
+        for n_tokens in [1, 64] {
+            let x = activations(576 * n_tokens);
+            group.throughput(Throughput::Elements(x.len() as u64));
+            let mut acts = QuantActs::new(576, n_tokens, [ty]);
+            let level = Kernels::best().level;
+            group.bench_function(format!("{format:?}/576/T{n_tokens}"), |b| {
+                b.iter(|| acts.quantize(level, format, black_box(&x), 576).nb)
+            });
+        }
+    }
+    group.finish();
+}
+
+/// The whole threaded product as the interpreter runs it, at 1 and 2 threads: adds the
+/// quantization and the cost of handing work to the threads.
+fn products(c: &mut Criterion) {
+    for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
+        for (k, n) in SHAPES {
+            let w = weights(ty, k, n);
+            for n_tokens in [1, 64] {
+                let mut group = c.benchmark_group(format!("matmul/{ty}/{k}x{n}/T{n_tokens}"));
+                group.sample_size(if n_tokens * n > 1 << 20 { 10 } else { 50 });
+                group.throughput(if n_tokens == 1 {
+                    Throughput::Bytes(w.len() as u64)
+                } else {
+                    Throughput::Elements((k * n * n_tokens) as u64)
+                });
+                let x = activations(k * n_tokens);
+                let mut y = vec![0.0f32; n * n_tokens];
+                for threads in [1, 2] {
+                    let mut mm = MatMul::new(threads, k, n_tokens, &[ty]).unwrap();
+                    group.bench_function(BenchmarkId::new("threads", threads), |b| {
+                        b.iter(|| mm.run(ty, black_box(&w), &x, &mut y, k, n))
+                    });
+                }
+                group.finish();
+            }
+        }
+    }
+}
+
+criterion_group!(benches, tiles, quantize, products);
+criterion_main!(benches);

@@ -1,0 +1,372 @@
+//! The 256-bit kernels, written once and compiled per instruction set.
+//!
+//! [`simd_kernels!`] expands inside an instruction-set module that defines, with its own
+//! `#[target_feature]`s:
+//!
+//! - `dot_u8_i8(u, s) -> __m256i`: eight i32 sums of four `u8 * i8` products each;
+//! - `dot_i8_i8(a, s) -> __m256i`: the same for two signed operands;
+//! - `scales(a: i32, b: i32) -> __m256i`: signed sub-block scales (8 bits) in the layout `dot_scaled` wants,
+//!   `a` for the first 16 bytes of a 32-byte operand and `b` for the last 16;
+//! - `dot_scaled(u, s, scales) -> __m256i`: `dot_u8_i8` with each i32 multiplied by its scale;
+//! - `high_bits(qh) -> __m256i`: `0x10` in byte `i` where bit `i` of `qh` is set, else 0.
+//!
+//! Every kernel multiplies one weight row with `N` tokens at once (`N` = 1..=4), so at prefill a
+//! block is loaded and unpacked once for four tokens; the tile functions run the tokens in groups
+//! of four over a run of rows that stays in L1.
+
+macro_rules! simd_kernels {
+    ($features:literal, $level:expr) => {
+        use std::arch::x86_64::*;
+
+        use crate::cpu::dot::{ActView, Kernels};
+        use crate::quant::{BlockQ8K, QK, QK_K};
+
+        pub(in crate::cpu) const KERNELS: Kernels = Kernels {
+            level: $level,
+            q4_0: tile_q4_0,
+            q4_1: tile_q4_1,
+            q5_0: tile_q5_0,
+            q5_1: tile_q5_1,
+            q8_0: tile_q8_0,
+            q4_k: tile_q4_k,
+            q5_k: tile_q5_k,
+            q6_k: tile_q6_k,
+        };
+
+        /// Horizontal sum of eight f32 lanes.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn hsum(v: __m256) -> f32 {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+            _mm_cvtss_f32(s)
+        }
+
+        /// Two consecutive f16 values at `p` (a block's `d` and `m`), as f32.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn f16_pair(p: *const u8) -> (f32, f32) {
+            let v = _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned()));
+            (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+        }
+
+        /// The 32 nibbles of 16 bytes in value order: low nibbles first, then high nibbles.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn nibbles(p: *const u8) -> __m256i {
+            let q = _mm_loadu_si128(p.cast());
+            let v = _mm256_set_m128i(_mm_srli_epi16(q, 4), q);
+            _mm256_and_si256(v, _mm256_set1_epi8(0x0F))
+        }
+
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn load(p: *const u8) -> __m256i {
+            _mm256_loadu_si256(p.cast())
+        }
+
+        /// A legacy (32-value block) row kernel. `$decode(block) -> (quants as u8, d, offset)`,
+        /// where the weight value is `d * q + offset`; the offset multiplies the activation
+        /// block's `d * sum(qs)`.
+        macro_rules! legacy_row {
+            ($name:ident, $bytes:expr, $act_bytes:expr, |$blk:ident| $decode:expr) => {
+                #[inline]
+                #[target_feature(enable = $features)]
+                unsafe fn $name<const N: usize>(w: *const u8, x: &ActView, t0: usize) -> [f32; N] {
+                    // Two accumulators per token, for even and odd blocks, so one token's chain
+                    // of dependent FMAs does not bound the decode loop.
+                    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+                    let mut off = [0.0f32; N];
+                    for pair in (0..x.nb).step_by(2) {
+                        for (h, b) in (pair..x.nb.min(pair + 2)).enumerate() {
+                            let $blk = w.add(b * $bytes);
+                            let (q, d, offset): (__m256i, f32, f32) = $decode;
+                            let dv = _mm256_set1_ps(d);
+                            for i in 0..N {
+                                let j = (t0 + i) * x.nb + b;
+                                let a = x.blocks.add(
+                                    (t0 + i) * x.row_bytes + b * $act_bytes + ($act_bytes - QK),
+                                );
+                                let p = _mm256_cvtepi32_ps(dot_u8_i8(q, load(a)));
+                                let scale = _mm256_mul_ps(dv, _mm256_set1_ps(*x.d.add(j)));
+                                acc[i][h] = _mm256_fmadd_ps(scale, p, acc[i][h]);
+                                off[i] += offset * *x.s.add(j);
+                            }
+                        }
+                    }
+                    std::array::from_fn(|i| hsum(_mm256_add_ps(acc[i][0], acc[i][1])) + off[i])
+                }
+            };
+        }
+
+        legacy_row!(row_q4_0, 18, 34, |blk| {
+            let d = f16_pair(blk).0;
+            (nibbles(blk.add(2)), d, -8.0 * d)
+        });
+        legacy_row!(row_q4_1, 20, 36, |blk| {
+            let (d, m) = f16_pair(blk);
+            (nibbles(blk.add(4)), d, m)
+        });
+        legacy_row!(row_q5_0, 22, 34, |blk| {
+            let d = f16_pair(blk).0;
+            let qh = blk.add(2).cast::<u32>().read_unaligned();
+            (
+                _mm256_or_si256(nibbles(blk.add(6)), high_bits(qh)),
+                d,
+                -16.0 * d,
+            )
+        });
+        legacy_row!(row_q5_1, 24, 36, |blk| {
+            let (d, m) = f16_pair(blk);
+            let qh = blk.add(4).cast::<u32>().read_unaligned();
+            (_mm256_or_si256(nibbles(blk.add(8)), high_bits(qh)), d, m)
+        });
+
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn row_q8_0<const N: usize>(w: *const u8, x: &ActView, t0: usize) -> [f32; N] {
+            let mut acc = [[_mm256_setzero_ps(); 2]; N];
+            for pair in (0..x.nb).step_by(2) {
+                for (h, b) in (pair..x.nb.min(pair + 2)).enumerate() {
+                    let blk = w.add(b * 34);
+                    let dv = _mm256_set1_ps(f16_pair(blk).0);
+                    let q = load(blk.add(2));
+                    for i in 0..N {
+                        let a = x.blocks.add((t0 + i) * x.row_bytes + b * 34 + 2);
+                        let p = _mm256_cvtepi32_ps(dot_i8_i8(q, load(a)));
+                        let scale =
+                            _mm256_mul_ps(dv, _mm256_set1_ps(*x.d.add((t0 + i) * x.nb + b)));
+                        acc[i][h] = _mm256_fmadd_ps(scale, p, acc[i][h]);
+                    }
+                }
+            }
+            std::array::from_fn(|i| hsum(_mm256_add_ps(acc[i][0], acc[i][1])))
+        }
+
+        /// Token `t`'s Q8_K block `b`.
+        #[inline(always)]
+        unsafe fn q8k(x: &ActView, t: usize, b: usize) -> *const BlockQ8K {
+            x.blocks.add(t * x.row_bytes).cast::<BlockQ8K>().add(b)
+        }
+
+        /// Q4_K's eight 6-bit scales and eight 6-bit mins, unpacked to bytes (ggml's `kmask`
+        /// shuffle): `(scales, mins)`.
+        #[inline(always)]
+        fn q4_k_scales_mins(packed: *const u8) -> ([u8; 8], [u8; 8]) {
+            const KMASK1: u32 = 0x3f3f_3f3f;
+            const KMASK2: u32 = 0x0f0f_0f0f;
+            const KMASK3: u32 = 0x0303_0303;
+            // SAFETY (of the reads): a Q4_K/Q5_K block has 12 bytes of scales at `packed`.
+            let word = |i: usize| unsafe { packed.add(4 * i).cast::<u32>().read_unaligned() };
+            let (u0, u1, u2) = (word(0), word(1), word(2));
+            let sc = [u0 & KMASK1, (u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4)];
+            let mn = [
+                u1 & KMASK1,
+                ((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4),
+            ];
+            let bytes = |w: [u32; 2]| {
+                let mut out = [0u8; 8];
+                out[..4].copy_from_slice(&w[0].to_le_bytes());
+                out[4..].copy_from_slice(&w[1].to_le_bytes());
+                out
+            };
+            (bytes(sc), bytes(mn))
+        }
+
+        /// The sixteen `bsums` (16-value sums) of a Q8_K block as i16 lanes.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn bsums(a: *const BlockQ8K) -> __m256i {
+            _mm256_loadu_si256(std::ptr::addr_of!((*a).bsums).cast())
+        }
+
+        /// Q4_K and Q5_K: `$quants(c) -> (low, high)` are the unsigned quants of the 64 values
+        /// of chunk `c`, whose sub-blocks are `2c` and `2c + 1`.
+        macro_rules! k_scale_min_row {
+            ($name:ident, $bytes:expr, |$blk:ident, $c:ident| $quants:expr) => {
+                #[inline]
+                #[target_feature(enable = $features)]
+                unsafe fn $name<const N: usize>(w: *const u8, x: &ActView, t0: usize) -> [f32; N] {
+                    let mut acc = [_mm256_setzero_ps(); N];
+                    for b in 0..x.nb {
+                        let $blk = w.add(b * $bytes);
+                        let (d, dmin) = f16_pair($blk);
+                        let (sc, mn) = q4_k_scales_mins($blk.add(4));
+                        // Each min applies to two consecutive 16-value bsums.
+                        let mn = _mm_cvtsi64_si128(i64::from_le_bytes(mn));
+                        let mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn, mn));
+                        let mut sumi = [_mm256_setzero_si256(); N];
+                        for $c in 0..QK_K / 64 {
+                            let (lo, hi): (__m256i, __m256i) = $quants;
+                            let (sl, sh) = (sc[2 * $c].into(), sc[2 * $c + 1].into());
+                            let (sl, sh) = (scales(sl, sl), scales(sh, sh));
+                            for i in 0..N {
+                                let qs = std::ptr::addr_of!((*q8k(x, t0 + i, b)).qs)
+                                    .cast::<u8>()
+                                    .add(64 * $c);
+                                let p = _mm256_add_epi32(
+                                    dot_scaled(lo, load(qs), sl),
+                                    dot_scaled(hi, load(qs.add(32)), sh),
+                                );
+                                sumi[i] = _mm256_add_epi32(sumi[i], p);
+                            }
+                        }
+                        for i in 0..N {
+                            let a = q8k(x, t0 + i, b);
+                            let m = _mm256_cvtepi32_ps(_mm256_madd_epi16(bsums(a), mins));
+                            acc[i] = _mm256_fmadd_ps(
+                                _mm256_set1_ps((*a).d * d),
+                                _mm256_cvtepi32_ps(sumi[i]),
+                                acc[i],
+                            );
+                            acc[i] = _mm256_fnmadd_ps(_mm256_set1_ps((*a).d * dmin), m, acc[i]);
+                        }
+                    }
+                    std::array::from_fn(|i| hsum(acc[i]))
+                }
+            };
+        }
+
+        k_scale_min_row!(row_q4_k, 144, |blk, c| {
+            let q = load(blk.add(16 + 32 * c));
+            let m4 = _mm256_set1_epi8(0x0F);
+            (
+                _mm256_and_si256(q, m4),
+                _mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
+            )
+        });
+        k_scale_min_row!(row_q5_k, 176, |blk, c| {
+            let q = load(blk.add(48 + 32 * c));
+            let h = load(blk.add(16));
+            let m4 = _mm256_set1_epi8(0x0F);
+            let one = _mm256_set1_epi8(1);
+            // Bit 2c of qh byte l is the fifth bit of value 64c + l, bit 2c + 1 that of 64c + 32 + l.
+            let hl = _mm256_and_si256(_mm256_srl_epi16(h, _mm_cvtsi32_si128(2 * c as i32)), one);
+            let hh = _mm256_and_si256(
+                _mm256_srl_epi16(h, _mm_cvtsi32_si128(2 * c as i32 + 1)),
+                one,
+            );
+            (
+                _mm256_or_si256(_mm256_and_si256(q, m4), _mm256_slli_epi16(hl, 4)),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
+                    _mm256_slli_epi16(hh, 4),
+                ),
+            )
+        });
+
+        /// Q6_K: the quants are taken unsigned (0..64) and the `- 32` is applied through the
+        /// activation's `bsums`.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn row_q6_k<const N: usize>(w: *const u8, x: &ActView, t0: usize) -> [f32; N] {
+            let mut acc = [_mm256_setzero_ps(); N];
+            let m4 = _mm256_set1_epi8(0x0F);
+            let m2 = _mm256_set1_epi8(3);
+            for b in 0..x.nb {
+                let blk = w.add(b * 210);
+                let (ql, qh, sc) = (blk, blk.add(128), blk.add(192).cast::<i8>());
+                let d = f16_pair(blk.add(208)).0;
+                let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc.cast()));
+                let mut sumi = [_mm256_setzero_si256(); N];
+                for h in 0..2 {
+                    let (l0, l1, hb) = (
+                        load(ql.add(64 * h)),
+                        load(ql.add(64 * h + 32)),
+                        load(qh.add(32 * h)),
+                    );
+                    let quants = [
+                        _mm256_or_si256(
+                            _mm256_and_si256(l0, m4),
+                            _mm256_slli_epi16(_mm256_and_si256(hb, m2), 4),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(l1, m4),
+                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m2), 4),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m2), 4),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m2), 4),
+                        ),
+                    ];
+                    for (k, &q) in quants.iter().enumerate() {
+                        let s = 8 * h + 2 * k;
+                        let scale = scales((*sc.add(s)).into(), (*sc.add(s + 1)).into());
+                        for i in 0..N {
+                            let qs = std::ptr::addr_of!((*q8k(x, t0 + i, b)).qs)
+                                .cast::<u8>()
+                                .add(128 * h + 32 * k);
+                            sumi[i] = _mm256_add_epi32(sumi[i], dot_scaled(q, load(qs), scale));
+                        }
+                    }
+                }
+                for i in 0..N {
+                    let a = q8k(x, t0 + i, b);
+                    // sum_j sc_j * 32 * bsum_j, the offset of the unsigned quants.
+                    let offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums(a), sc16), 5);
+                    let total = _mm256_sub_epi32(sumi[i], offset);
+                    acc[i] = _mm256_fmadd_ps(
+                        _mm256_set1_ps((*a).d * d),
+                        _mm256_cvtepi32_ps(total),
+                        acc[i],
+                    );
+                }
+            }
+            std::array::from_fn(|i| hsum(acc[i]))
+        }
+
+        /// A tile function over a row kernel: tokens in groups of four, each group over all rows.
+        macro_rules! tile {
+            ($name:ident, $row:ident) => {
+                #[target_feature(enable = $features)]
+                unsafe fn $name(
+                    w: &[u8],
+                    row_bytes: usize,
+                    x: &ActView,
+                    y: *mut f32,
+                    y_stride: usize,
+                ) {
+                    let n_rows = w.len() / row_bytes;
+                    let w = w.as_ptr();
+                    let mut t = 0;
+                    macro_rules! group {
+                        ($n:literal) => {
+                            for r in 0..n_rows {
+                                let v = $row::<$n>(w.add(r * row_bytes), x, t);
+                                for (i, v) in v.into_iter().enumerate() {
+                                    *y.add((t + i) * y_stride + r) = v;
+                                }
+                            }
+                        };
+                    }
+                    while t + 4 <= x.n_tokens {
+                        group!(4);
+                        t += 4;
+                    }
+                    match x.n_tokens - t {
+                        1 => group!(1),
+                        2 => group!(2),
+                        3 => group!(3),
+                        _ => {}
+                    }
+                }
+            };
+        }
+
+        tile!(tile_q4_0, row_q4_0);
+        tile!(tile_q4_1, row_q4_1);
+        tile!(tile_q5_0, row_q5_0);
+        tile!(tile_q5_1, row_q5_1);
+        tile!(tile_q8_0, row_q8_0);
+        tile!(tile_q4_k, row_q4_k);
+        tile!(tile_q5_k, row_q5_k);
+        tile!(tile_q6_k, row_q6_k);
+    };
+}
+
+pub(super) use simd_kernels;

@@ -1,0 +1,325 @@
+//! Matrix products `y[t] = W x[t]` over weights in their stored (quantized) format.
+//!
+//! For the types with a quantized kernel (see [`super::dot`]) the activations are quantized once
+//! per product to the weight type's 8-bit partner format, and the products are integer dot
+//! products on the blocks. The other types (f32, f16, bf16, Q2_K, Q3_K) are multiplied in f32,
+//! f16/bf16/Q2_K/Q3_K rows being dequantized first.
+//!
+//! Work is split over output rows (rows of W) in chunks handed out through an atomic counter, so
+//! each thread streams its own part of the weights once for all tokens of the step. The threads
+//! are a [`pool::Pool`] of spinning workers rather than rayon's, whose wake-ups cost more than a
+//! small product does.
+
+mod pool;
+
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::dot::{ActFormat, Kernels, QuantActs};
+use super::kernels::dot;
+use crate::GgmlType;
+
+/// Weight types the CPU matrix product reads directly.
+pub const MATMUL_TYPES: &[GgmlType] = &[
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
+pub fn matmul_supports(ty: GgmlType) -> bool {
+    MATMUL_TYPES.contains(&ty)
+}
+
+/// Per-thread scratch of the interpreter's other parallel kernels, sized at load.
+pub struct Scratch {
+    /// Attention scores for one query (ctx values).
+    pub scores: Vec<f32>,
+}
+
+impl Scratch {
+    pub fn new(ctx: usize) -> Self {
+        Scratch {
+            scores: vec![0.0; ctx],
+        }
+    }
+}
+
+/// Chunks per thread a product is cut into: enough for threads that start late or run slow to
+/// even out, few enough that taking a chunk (one contended atomic) stays negligible.
+const CHUNKS_PER_THREAD: usize = 8;
+/// Fewest rows in a chunk.
+const MIN_CHUNK_ROWS: usize = 16;
+/// Tokens from which the activations are quantized by all threads rather than by the caller.
+const PARALLEL_QUANTIZE_TOKENS: usize = 8;
+
+/// An f32 weight row per worker, for the types multiplied in f32; worker `i` only touches row
+/// buffer `i`.
+struct RowBuf(UnsafeCell<Vec<f32>>);
+
+// SAFETY: each buffer is used by one worker at a time (the one whose index it has).
+unsafe impl Sync for RowBuf {}
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+// SAFETY: the workers write disjoint output elements (distinct rows of W).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// Element `i` of the output (a method, so closures capture the whole `Sync` wrapper).
+    fn at(&self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
+/// Everything a matrix product needs besides its operands, allocated once per session.
+pub struct MatMul {
+    kernels: Kernels,
+    pool: pool::Pool,
+    acts: QuantActs,
+    rows: Vec<RowBuf>,
+}
+
+impl MatMul {
+    /// Buffers for products of up to `max_k` inputs and `max_tokens` tokens over weights of
+    /// `weight_types`, `threads` workers, and the best kernels of this CPU.
+    pub fn new(
+        threads: usize,
+        max_k: usize,
+        max_tokens: usize,
+        weight_types: &[GgmlType],
+    ) -> std::io::Result<Self> {
+        Self::with_kernels(*Kernels::best(), threads, max_k, max_tokens, weight_types)
+    }
+
+    /// As [`MatMul::new`], with the given kernels (tests compare the levels with it).
+    pub fn with_kernels(
+        kernels: Kernels,
+        threads: usize,
+        max_k: usize,
+        max_tokens: usize,
+        weight_types: &[GgmlType],
+    ) -> std::io::Result<Self> {
+        let pool = pool::Pool::new(threads)?;
+        let needs_rows = weight_types
+            .iter()
+            .any(|&ty| ty != GgmlType::F32 && kernels.tile(ty).is_none());
+        let rows = (0..pool.threads())
+            .map(|_| {
+                RowBuf(UnsafeCell::new(if needs_rows {
+                    vec![0.0; max_k]
+                } else {
+                    Vec::new()
+                }))
+            })
+            .collect();
+        Ok(MatMul {
+            kernels,
+            pool,
+            acts: QuantActs::new(max_k, max_tokens, weight_types.iter().copied()),
+            rows,
+        })
+    }
+
+    /// `y[t * n + j] = dot(row j of w, x[t * k..(t + 1) * k])` for every token `t` of `x`; `w`
+    /// holds `n` rows of `k` values of type `ty`.
+    ///
+    /// # Panics
+    /// If `ty` is not in [`MATMUL_TYPES`], `k` is not a whole number of its blocks, or the
+    /// product is larger than the buffers were made for.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(&mut self, ty: GgmlType, w: &[u8], x: &[f32], y: &mut [f32], k: usize, n: usize) {
+        assert!(matmul_supports(ty), "no CPU matrix product for {ty}");
+        let n_tokens = x.len() / k;
+        let row_bytes = ty
+            .bytes_for(k as u64)
+            .expect("k is a whole number of blocks") as usize;
+        assert!(
+            w.len() >= n * row_bytes && y.len() >= n_tokens * n,
+            "operands too small"
+        );
+        let threads = self.pool.threads();
+        let chunk = (n / (threads * CHUNKS_PER_THREAD)).max(MIN_CHUNK_ROWS);
+        let out = OutPtr(y.as_mut_ptr());
+        let next = AtomicUsize::new(0);
+        // Hands out row ranges of `chunk` until all `n` rows are taken.
+        let rows = || {
+            let r0 = next.fetch_add(chunk, Ordering::Relaxed);
+            (r0 < n).then(|| r0..(r0 + chunk).min(n))
+        };
+
+        if let (Some(tile), Some(format)) = (self.kernels.tile(ty), ActFormat::for_weight(ty)) {
+            let acts = self.acts.raw(format, k, n_tokens);
+            let level = self.kernels.level;
+            if n_tokens >= PARALLEL_QUANTIZE_TOKENS {
+                let next_token = AtomicUsize::new(0);
+                self.pool.run(&|_| loop {
+                    let t0 = next_token.fetch_add(4, Ordering::Relaxed);
+                    if t0 >= n_tokens {
+                        break;
+                    }
+                    // SAFETY: each range of tokens is quantized by the one worker that took it.
+                    unsafe { acts.quantize_rows(level, x, t0..(t0 + 4).min(n_tokens)) };
+                });
+            } else {
+                // SAFETY: no other thread is using the buffers.
+                unsafe { acts.quantize_rows(level, x, 0..n_tokens) };
+            }
+            let view = acts.view;
+            self.pool.run(&|_| {
+                while let Some(r) = rows() {
+                    // SAFETY: the view was filled for this k and format; the rows exist in w, and
+                    // the tile writes only their columns of y, which no other chunk has.
+                    unsafe {
+                        tile(
+                            &w[r.start * row_bytes..r.end * row_bytes],
+                            row_bytes,
+                            &view,
+                            out.at(r.start),
+                            n,
+                        )
+                    };
+                }
+            });
+        } else {
+            let row_bufs = &self.rows;
+            self.pool.run(&|worker| {
+                // SAFETY: buffer `worker` belongs to this thread for the duration of the job.
+                let buf = unsafe { &mut *row_bufs[worker].0.get() };
+                while let Some(r) = rows() {
+                    for j in r {
+                        let wrow = &w[j * row_bytes..(j + 1) * row_bytes];
+                        let wf: &[f32] = if ty == GgmlType::F32 {
+                            bytemuck::cast_slice(wrow)
+                        } else {
+                            crate::quant::dequantize(ty, wrow, &mut buf[..k])
+                                .expect("validated at load");
+                            &buf[..k]
+                        };
+                        for t in 0..n_tokens {
+                            // SAFETY: element (t, j) belongs to the chunk holding row j.
+                            unsafe { *out.at(t * n + j) = dot(wf, &x[t * k..(t + 1) * k]) };
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::dot::tests::{random_activations, random_weights, Rng};
+    use crate::cpu::dot::Level;
+
+    /// Every supported type through the whole product, threaded, at every level, against
+    /// dequantized weights times f32 activations; odd sizes exercise the chunking.
+    #[test]
+    fn products_match_the_f32_reference() {
+        let quantized = [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+            GgmlType::Q4_K,
+            GgmlType::Q5_K,
+            GgmlType::Q6_K,
+        ];
+        for level in Level::ALL {
+            let Some(kernels) = Kernels::for_level(level) else {
+                eprintln!("skipping {level:?}: this CPU lacks its instructions");
+                continue;
+            };
+            for &ty in MATMUL_TYPES {
+                let k = if ty.block_len() == 256 { 512 } else { 96 };
+                let (n, n_tokens) = (75, 11);
+                let mut rng = Rng::new(5);
+                let w = if quantized.contains(&ty) {
+                    random_weights(&mut rng, ty, n, k)
+                } else {
+                    // Any bytes of the rare types, with f32 weights kept finite and small.
+                    let f: Vec<f32> = random_activations(&mut rng, n * k);
+                    let mut bytes = vec![0u8; ty.bytes_for((n * k) as u64).unwrap() as usize];
+                    if ty == GgmlType::F32 {
+                        bytes.copy_from_slice(bytemuck::cast_slice(&f));
+                    } else if ty == GgmlType::F16 || ty == GgmlType::BF16 {
+                        for (o, v) in bytes.chunks_exact_mut(2).zip(&f) {
+                            let h = if ty == GgmlType::F16 {
+                                half::f16::from_f32(*v).to_bits()
+                            } else {
+                                half::bf16::from_f32(*v).to_bits()
+                            };
+                            o.copy_from_slice(&h.to_le_bytes());
+                        }
+                    } else {
+                        // Q2_K/Q3_K: random quants, scale fields at the end of the block.
+                        bytes.iter_mut().for_each(|b| *b = rng.next() as u8);
+                        for block in bytes.chunks_exact_mut(ty.block_bytes()) {
+                            let len = block.len();
+                            let fields = if ty == GgmlType::Q2_K {
+                                len - 4..len
+                            } else {
+                                len - 2..len
+                            };
+                            for at in fields.step_by(2) {
+                                block[at..at + 2]
+                                    .copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+                            }
+                        }
+                    }
+                    bytes
+                };
+                let x = random_activations(&mut rng, n_tokens * k);
+                let mut mm = MatMul::with_kernels(kernels, 3, k, n_tokens, &[ty]).unwrap();
+                let mut y = vec![f32::NAN; n * n_tokens];
+                mm.run(ty, &w, &x, &mut y, k, n);
+                let row_bytes = w.len() / n;
+                let mut wf = vec![0.0; k];
+                for j in 0..n {
+                    crate::quant::dequantize(ty, &w[j * row_bytes..(j + 1) * row_bytes], &mut wf)
+                        .unwrap();
+                    for t in 0..n_tokens {
+                        let xr = &x[t * k..(t + 1) * k];
+                        let exact: f64 = wf
+                            .iter()
+                            .zip(xr)
+                            .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                            .sum();
+                        let magnitude: f64 = wf
+                            .iter()
+                            .zip(xr)
+                            .map(|(&a, &b)| f64::from(a * b).abs())
+                            .sum();
+                        // Activations quantized to 8 bits: at most half a step of 1/127 of the
+                        // block's largest value (2) per value.
+                        let tol = if ActFormat::for_weight(ty).is_some() {
+                            wf.iter().map(|w| f64::from(w.abs())).sum::<f64>() * 2.0 / 127.0 / 2.0
+                                * 1.01
+                                + 1e-5 * magnitude
+                        } else {
+                            1e-5 * magnitude + 1e-6
+                        };
+                        let got = f64::from(y[t * n + j]);
+                        assert!(
+                            (got - exact).abs() <= tol,
+                            "{level:?} {ty} row {j} token {t}: {got} vs {exact} (tolerance {tol})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

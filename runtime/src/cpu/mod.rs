@@ -1,0 +1,563 @@
+//! The CPU interpreter: replays a plan's steps with every buffer allocated once, at load.
+
+pub mod dot;
+mod kernels;
+mod matmul;
+
+use rayon::prelude::*;
+use thiserror::Error;
+
+use crate::plan::{Buf, Kernel, LoadedPlan};
+use crate::GgmlType;
+
+pub use matmul::{matmul_supports, MatMul, MATMUL_TYPES};
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("invalid plan: step {step} ({kernel}): {why}")]
+    InvalidStep {
+        step: usize,
+        kernel: String,
+        why: String,
+    },
+    #[error("invalid plan: {0}")]
+    Invalid(String),
+    #[error("cannot start {threads} threads: {why}")]
+    Threads { threads: usize, why: String },
+}
+
+#[derive(Debug, Error, PartialEq)]
+pub enum EvalError {
+    #[error("no tokens to evaluate")]
+    Empty,
+    #[error("{n} tokens in one step, but the plan evaluates at most {max} at a time")]
+    BatchTooLarge { n: usize, max: usize },
+    #[error("context full: {past} tokens cached + {n} new exceed the plan's context of {ctx} (compile with a larger --ctx)")]
+    ContextFull { past: usize, n: usize, ctx: usize },
+    #[error("token id {id} is outside the vocabulary (0..{n_vocab})")]
+    BadToken { id: u32, n_vocab: u32 },
+    #[error("the GPU failed: {0}")]
+    Device(String),
+}
+
+/// The checks every backend makes before evaluating `tokens` after `n_past` cached ones.
+pub fn check_step(
+    h: &crate::plan::PlanHeader,
+    n_past: usize,
+    tokens: &[u32],
+) -> Result<(), EvalError> {
+    let (n, max, ctx) = (
+        tokens.len(),
+        h.limits.max_batch as usize,
+        h.limits.ctx as usize,
+    );
+    if n == 0 {
+        return Err(EvalError::Empty);
+    }
+    if n > max {
+        return Err(EvalError::BatchTooLarge { n, max });
+    }
+    if n_past + n > ctx {
+        return Err(EvalError::ContextFull {
+            past: n_past,
+            n,
+            ctx,
+        });
+    }
+    if let Some(&id) = tokens.iter().find(|&&id| id >= h.model.n_vocab) {
+        return Err(EvalError::BadToken {
+            id,
+            n_vocab: h.model.n_vocab,
+        });
+    }
+    Ok(())
+}
+
+/// Aligned, zeroed f32 storage (16-byte rows are what the memory planner guarantees).
+struct Arena(Vec<f32>);
+
+impl Arena {
+    fn new(bytes: u64) -> Self {
+        Arena(vec![0.0; bytes.div_ceil(4) as usize])
+    }
+}
+
+/// A model loaded for evaluation: the plan, its arena, its KV cache and the number of tokens the
+/// cache holds.
+pub struct Session<'p> {
+    plan: &'p LoadedPlan,
+    arena: Arena,
+    kv: Vec<f32>,
+    rope: Vec<kernels::RopeTable>,
+    /// Per worker thread: attention scores (ctx values).
+    scratch: Vec<std::sync::Mutex<matmul::Scratch>>,
+    pool: rayon::ThreadPool,
+    /// The matrix products' threads, kernels and quantized-activation buffers.
+    matmul: matmul::MatMul,
+    n_past: usize,
+    /// Only ever non-zero in the test that proves the prefill/decode check can fail.
+    kv_write_shift: usize,
+}
+
+impl<'p> Session<'p> {
+    /// Checks the plan's steps against its buffers and allocates everything it will ever use.
+    pub fn new(plan: &'p LoadedPlan, threads: usize) -> Result<Self, LoadError> {
+        let h = &plan.header;
+        validate(plan)?;
+        let ctx = h.limits.ctx as usize;
+        let mut rope: Vec<kernels::RopeTable> = Vec::new();
+        let mut max_k = 0usize;
+        let mut matmul_types = Vec::new();
+        for step in &h.steps {
+            match step.kernel {
+                Kernel::Rope { n_rot, base, .. } => {
+                    if !rope
+                        .iter()
+                        .any(|t| t.base == base && t.n_rot == n_rot as usize)
+                    {
+                        rope.push(kernels::RopeTable::new(base, n_rot as usize, ctx));
+                    }
+                }
+                Kernel::MatMul { k, .. } => {
+                    max_k = max_k.max(k as usize);
+                    let Buf::Weight(w) = step.inputs[1] else {
+                        unreachable!("validated")
+                    };
+                    matmul_types.push(h.weights[w as usize].ty);
+                }
+                _ => {}
+            }
+        }
+        let threads = threads.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| LoadError::Threads {
+                threads,
+                why: e.to_string(),
+            })?;
+        let max_batch = h.limits.max_batch as usize;
+        let scratch = (0..threads + 1)
+            .map(|_| std::sync::Mutex::new(matmul::Scratch::new(ctx)))
+            .collect();
+        let matmul =
+            matmul::MatMul::new(threads, max_k, max_batch, &matmul_types).map_err(|e| {
+                LoadError::Threads {
+                    threads,
+                    why: e.to_string(),
+                }
+            })?;
+        Ok(Session {
+            plan,
+            arena: Arena::new(h.arena.bytes),
+            kv: vec![0.0; (h.kv.bytes / 4) as usize],
+            rope,
+            scratch,
+            pool,
+            matmul,
+            n_past: 0,
+            kv_write_shift: 0,
+        })
+    }
+
+    /// Tokens in the KV cache.
+    pub fn n_past(&self) -> usize {
+        self.n_past
+    }
+
+    /// Forgets the cached tokens (the cache is overwritten by the next evaluation).
+    pub fn reset(&mut self) {
+        self.n_past = 0;
+    }
+
+    /// Deliberately corrupts the session: the keys and values of single-token (decode) steps are
+    /// written `by` positions later than they belong, while prefill stays right. Exists so a test can show that the prefill/decode equivalence check
+    /// catches an off-by-one in the KV cache.
+    #[doc(hidden)]
+    pub fn misplace_kv_writes_for_testing(&mut self, by: usize) {
+        self.kv_write_shift = by;
+    }
+
+    /// Rolls the cache back to its first `n` tokens.
+    pub fn truncate(&mut self, n: usize) {
+        self.n_past = self.n_past.min(n);
+    }
+
+    /// Evaluates `tokens` after the cached ones and returns their logits, one row of `n_vocab`
+    /// values per token.
+    pub fn eval(&mut self, tokens: &[u32]) -> Result<&[f32], EvalError> {
+        let h = &self.plan.header;
+        check_step(h, self.n_past + self.kv_write_shift, tokens)?;
+        let n = tokens.len();
+        let Buf::Arena { offset, .. } = h.token_ids else {
+            unreachable!("validated")
+        };
+        let ids = &mut self.arena.0[offset as usize / 4..][..n];
+        for (slot, &id) in ids.iter_mut().zip(tokens) {
+            *slot = f32::from_bits(id);
+        }
+        for step in 0..h.steps.len() {
+            self.run_step(step, n);
+        }
+        self.n_past += n;
+        let Buf::Arena { offset, .. } = h.logits else {
+            unreachable!("validated")
+        };
+        Ok(&self.arena.0[offset as usize / 4..][..n * h.model.n_vocab as usize])
+    }
+
+    fn run_step(&mut self, index: usize, n_tokens: usize) {
+        let plan = self.plan;
+        let step = &plan.header.steps[index];
+        let arena = self.arena.0.as_mut_ptr();
+        let arena_len = self.arena.0.len();
+        // SAFETY: `validate` checked that every arena operand of every step lies inside the arena
+        // for max_batch rows and that a step's output overlaps none of its inputs, so the output
+        // slice is the only mutable view and aliases nothing read here.
+        let read = |b: &Buf, len_per_row: usize| -> &[f32] {
+            match *b {
+                Buf::Arena { offset, .. } => unsafe {
+                    let start = offset as usize / 4;
+                    debug_assert!(start + n_tokens * len_per_row <= arena_len);
+                    std::slice::from_raw_parts(arena.add(start), n_tokens * len_per_row)
+                },
+                Buf::Weight(_) => unreachable!("weights are read as bytes"),
+            }
+        };
+        let Buf::Arena {
+            offset: out_offset, ..
+        } = step.output
+        else {
+            unreachable!("validated")
+        };
+        let out_len = |per_row: usize| n_tokens * per_row;
+        let write = |per_row: usize| -> &mut [f32] {
+            let start = out_offset as usize / 4;
+            debug_assert!(start + out_len(per_row) <= arena_len);
+            unsafe { std::slice::from_raw_parts_mut(arena.add(start), out_len(per_row)) }
+        };
+        let weight_f32 = |b: &Buf| -> &[f32] {
+            let Buf::Weight(i) = *b else {
+                unreachable!("validated")
+            };
+            bytemuck::cast_slice(plan.weight(i))
+        };
+        let operand = |i: usize, per_row: usize| -> &[f32] {
+            match step.inputs[i] {
+                Buf::Weight(_) => weight_f32(&step.inputs[i]),
+                ref b => read(b, per_row),
+            }
+        };
+        match step.kernel {
+            Kernel::Embed { n } => {
+                let Buf::Weight(table) = step.inputs[0] else {
+                    unreachable!("validated")
+                };
+                let info = &plan.header.weights[table as usize];
+                let row_bytes = info.ty.bytes_for(u64::from(n)).expect("validated") as usize;
+                let table = plan.weight(table);
+                let ids = read(&step.inputs[1], 1);
+                let out = write(n as usize);
+                for (id, row) in ids.iter().zip(out.chunks_exact_mut(n as usize)) {
+                    let id = id.to_bits() as usize;
+                    crate::quant::dequantize(info.ty, &table[id * row_bytes..][..row_bytes], row)
+                        .expect("validated");
+                }
+            }
+            Kernel::RmsNorm { n, groups, eps } => {
+                let per_row = (n * groups) as usize;
+                kernels::rms_norm(
+                    read(&step.inputs[0], per_row),
+                    weight_f32(&step.inputs[1]),
+                    write(per_row),
+                    n as usize,
+                    eps,
+                )
+            }
+            Kernel::MatMul { k, n } => {
+                let Buf::Weight(w) = step.inputs[1] else {
+                    unreachable!("validated")
+                };
+                let ty = plan.header.weights[w as usize].ty;
+                let x = read(&step.inputs[0], k as usize);
+                let y = write(n as usize);
+                self.matmul
+                    .run(ty, plan.weight(w), x, y, k as usize, n as usize);
+            }
+            Kernel::Add { n, broadcast } => kernels::binary(
+                read(&step.inputs[0], n as usize),
+                operand(1, n as usize),
+                write(n as usize),
+                n as usize,
+                broadcast,
+                |a, b| a + b,
+            ),
+            Kernel::Mul { n, broadcast } => kernels::binary(
+                read(&step.inputs[0], n as usize),
+                operand(1, n as usize),
+                write(n as usize),
+                n as usize,
+                broadcast,
+                |a, b| a * b,
+            ),
+            Kernel::Scale { n, factor } => {
+                for (o, &v) in write(n as usize)
+                    .iter_mut()
+                    .zip(read(&step.inputs[0], n as usize))
+                {
+                    *o = v * factor;
+                }
+            }
+            Kernel::Unary { n, op } => {
+                kernels::unary(read(&step.inputs[0], n as usize), write(n as usize), op)
+            }
+            Kernel::Rope {
+                n_head,
+                head_dim,
+                n_rot,
+                base,
+                neox,
+            } => {
+                let per_row = (n_head * head_dim) as usize;
+                let table = self
+                    .rope
+                    .iter()
+                    .find(|t| t.base == base && t.n_rot == n_rot as usize)
+                    .expect("built at load");
+                table.apply(
+                    read(&step.inputs[0], per_row),
+                    write(per_row),
+                    n_head as usize,
+                    head_dim as usize,
+                    neox,
+                    self.n_past,
+                );
+            }
+            Kernel::Attention {
+                layer,
+                n_head,
+                n_kv_head,
+                head_dim,
+                scale,
+                window,
+            } => {
+                let (hd, h, hkv) = (head_dim as usize, n_head as usize, n_kv_head as usize);
+                let lay = plan.header.kv.layers[layer as usize];
+                let kv_row = lay.row_len();
+                let ctx = plan.header.limits.ctx as usize;
+                let (k_base, v_base) = (lay.k_offset as usize / 4, lay.v_offset as usize / 4);
+                // Append the new keys and values at their positions.
+                let k_new = read(&step.inputs[1], kv_row);
+                let v_new = read(&step.inputs[2], kv_row);
+                let past = self.n_past;
+                let at = if n_tokens == 1 {
+                    past + self.kv_write_shift
+                } else {
+                    past
+                };
+                self.kv[k_base + at * kv_row..][..k_new.len()].copy_from_slice(k_new);
+                self.kv[v_base + at * kv_row..][..v_new.len()].copy_from_slice(v_new);
+                let k_cache = &self.kv[k_base..k_base + ctx * kv_row];
+                let v_cache = &self.kv[v_base..v_base + ctx * kv_row];
+                let q = read(&step.inputs[0], h * hd);
+                let out = write(h * hd);
+                let group = h / hkv;
+                let scratch = &self.scratch;
+                self.pool.install(|| {
+                    out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
+                        let (t, head) = (i / h, i % h);
+                        let pos = past + t;
+                        let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w as usize));
+                        let mut s = scratch[rayon::current_thread_index().unwrap_or(0)]
+                            .lock()
+                            .expect("not poisoned");
+                        let qh = &q[i * hd..(i + 1) * hd];
+                        kernels::attend(
+                            qh,
+                            k_cache,
+                            v_cache,
+                            o,
+                            kv_row,
+                            (head / group) * hd,
+                            lo,
+                            pos,
+                            scale,
+                            &mut s.scores,
+                        );
+                    });
+                });
+            }
+        }
+    }
+}
+
+/// The runtime's validator: every step's operands must be where the kernel will look, so the
+/// interpreter can index without checks and without unsafety leaking.
+fn validate(plan: &LoadedPlan) -> Result<(), LoadError> {
+    let h = &plan.header;
+    let max_batch = u64::from(h.limits.max_batch);
+    if h.limits.ctx == 0 || h.limits.max_batch == 0 {
+        return Err(LoadError::Invalid(format!("limits {:?}", h.limits)));
+    }
+    let arena_region = |b: &Buf, per_row_values: u64| -> Result<(u64, u64), String> {
+        match *b {
+            Buf::Arena { offset, row_bytes } => {
+                let need = per_row_values * 4;
+                let end = offset.checked_add(
+                    row_bytes
+                        .max(need)
+                        .checked_mul(max_batch)
+                        .ok_or("size overflows")?,
+                );
+                if offset % 4 != 0 || row_bytes < need || end.is_none_or(|e| e > h.arena.bytes) {
+                    return Err(format!("arena operand {b:?} ({per_row_values} values a row) outside the {}-byte arena", h.arena.bytes));
+                }
+                Ok((offset, offset + need * max_batch))
+            }
+            Buf::Weight(_) => Err(format!("{b:?} where an activation is expected")),
+        }
+    };
+    let weight = |b: &Buf| -> Result<&crate::plan::WeightInfo, String> {
+        match *b {
+            Buf::Weight(i) => h
+                .weights
+                .get(i as usize)
+                .ok_or_else(|| format!("weight {i} does not exist")),
+            _ => Err(format!("{b:?} where a weight is expected")),
+        }
+    };
+    let f32_weight = |b: &Buf, len: u64| -> Result<(), String> {
+        let w = weight(b)?;
+        if w.ty != GgmlType::F32 || w.dims.iter().product::<u64>() != len {
+            return Err(format!(
+                "weight '{}' should be f32 with {len} values, is {} {:?}",
+                w.name, w.ty, w.dims
+            ));
+        }
+        Ok(())
+    };
+    arena_region(&h.token_ids, 1).map_err(LoadError::Invalid)?;
+    arena_region(&h.logits, u64::from(h.model.n_vocab)).map_err(LoadError::Invalid)?;
+    for (i, step) in h.steps.iter().enumerate() {
+        let check = || -> Result<(), String> {
+            let arity = |n: usize| {
+                if step.inputs.len() == n {
+                    Ok(())
+                } else {
+                    Err(format!("{} inputs, expected {n}", step.inputs.len()))
+                }
+            };
+            let mut regions = Vec::new();
+            let out = match step.kernel {
+                Kernel::Embed { n } => {
+                    arity(2)?;
+                    let w = weight(&step.inputs[0])?;
+                    // Rows beyond the vocabulary are never read: ids are checked against it.
+                    if w.dims.len() != 2
+                        || w.dims[0] != u64::from(n)
+                        || w.dims[1] < u64::from(h.model.n_vocab)
+                        || !crate::quant::can_dequantize(w.ty)
+                    {
+                        return Err(format!("table '{}' is {} {:?}", w.name, w.ty, w.dims));
+                    }
+                    regions.push(arena_region(&step.inputs[1], 1)?);
+                    arena_region(&step.output, u64::from(n))?
+                }
+                Kernel::RmsNorm { n, groups, .. } => {
+                    arity(2)?;
+                    f32_weight(&step.inputs[1], u64::from(n))?;
+                    regions.push(arena_region(&step.inputs[0], u64::from(n * groups))?);
+                    arena_region(&step.output, u64::from(n * groups))?
+                }
+                Kernel::MatMul { k, n } => {
+                    arity(2)?;
+                    let w = weight(&step.inputs[1])?;
+                    if w.dims != [u64::from(k), u64::from(n)] || !matmul_supports(w.ty) {
+                        return Err(format!("weight '{}' is {} {:?}", w.name, w.ty, w.dims));
+                    }
+                    regions.push(arena_region(&step.inputs[0], u64::from(k))?);
+                    arena_region(&step.output, u64::from(n))?
+                }
+                Kernel::Add { n, broadcast } | Kernel::Mul { n, broadcast } => {
+                    arity(2)?;
+                    regions.push(arena_region(&step.inputs[0], u64::from(n))?);
+                    if broadcast {
+                        f32_weight(&step.inputs[1], u64::from(n))?;
+                    } else {
+                        regions.push(arena_region(&step.inputs[1], u64::from(n))?);
+                    }
+                    arena_region(&step.output, u64::from(n))?
+                }
+                Kernel::Scale { n, .. } | Kernel::Unary { n, .. } => {
+                    arity(1)?;
+                    regions.push(arena_region(&step.inputs[0], u64::from(n))?);
+                    arena_region(&step.output, u64::from(n))?
+                }
+                Kernel::Rope {
+                    n_head,
+                    head_dim,
+                    n_rot,
+                    ..
+                } => {
+                    arity(1)?;
+                    if n_rot > head_dim || n_rot % 2 != 0 {
+                        return Err(format!("n_rot {n_rot} with head_dim {head_dim}"));
+                    }
+                    regions.push(arena_region(&step.inputs[0], u64::from(n_head * head_dim))?);
+                    arena_region(&step.output, u64::from(n_head * head_dim))?
+                }
+                Kernel::Attention {
+                    layer,
+                    n_head,
+                    n_kv_head,
+                    head_dim,
+                    ..
+                } => {
+                    arity(3)?;
+                    let lay =
+                        h.kv.layers
+                            .get(layer as usize)
+                            .ok_or_else(|| format!("no KV layer {layer}"))?;
+                    if lay.n_kv_head != n_kv_head
+                        || lay.head_dim != head_dim
+                        || n_kv_head == 0
+                        || n_head % n_kv_head != 0
+                    {
+                        return Err(format!(
+                            "heads {n_head}/{n_kv_head}x{head_dim} vs KV layer {lay:?}"
+                        ));
+                    }
+                    let region = u64::from(h.limits.ctx) * lay.row_len() as u64 * 4;
+                    for off in [lay.k_offset, lay.v_offset] {
+                        if off % 4 != 0 || off.checked_add(region).is_none_or(|e| e > h.kv.bytes) {
+                            return Err(format!(
+                                "KV layer {layer} outside the {}-byte cache",
+                                h.kv.bytes
+                            ));
+                        }
+                    }
+                    regions.push(arena_region(&step.inputs[0], u64::from(n_head * head_dim))?);
+                    regions.push(arena_region(
+                        &step.inputs[1],
+                        u64::from(n_kv_head * head_dim),
+                    )?);
+                    regions.push(arena_region(
+                        &step.inputs[2],
+                        u64::from(n_kv_head * head_dim),
+                    )?);
+                    arena_region(&step.output, u64::from(n_head * head_dim))?
+                }
+            };
+            if let Some(r) = regions.iter().find(|r| r.0 < out.1 && out.0 < r.1) {
+                return Err(format!("output {out:?} overlaps input {r:?}"));
+            }
+            Ok(())
+        };
+        check().map_err(|why| LoadError::InvalidStep {
+            step: i,
+            kernel: format!("{:?}", step.kernel),
+            why,
+        })?;
+    }
+    Ok(())
+}

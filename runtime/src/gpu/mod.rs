@@ -1,0 +1,377 @@
+//! The GPU backend: replays the plan's GPU section on wgpu (Vulkan, Metal, DX12).
+//!
+//! Everything is created once, at load: weight buffers (uploaded once), the arena, the KV cache,
+//! the attention scratch, every pipeline and every bind group. A step of n tokens is then one
+//! small parameter write, one command encoder with one compute pass holding all dispatches, one
+//! submit, and a read back of the logits.
+
+use std::num::NonZeroU64;
+
+use thiserror::Error;
+
+use crate::cpu::EvalError;
+use crate::plan::{Buf, GpuBinding, LoadedPlan};
+
+#[derive(Debug, Error)]
+pub enum GpuError {
+    #[error("no GPU adapter found (is a Vulkan, Metal or DX12 driver installed? for a software one: apt-get install mesa-vulkan-drivers)")]
+    NoAdapter,
+    #[error("GPU '{adapter}' lacks what the plan needs: {what}")]
+    Unsupported { adapter: String, what: String },
+    #[error("GPU device request failed: {0}")]
+    Device(String),
+    #[error("GPU error while {during}: {why}")]
+    Runtime { during: &'static str, why: String },
+}
+
+/// A description of the adapter a session runs on.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: String,
+    /// A software rasterizer (lavapipe, WARP): correct but slow.
+    pub software: bool,
+}
+
+fn summary(info: &wgpu::AdapterInfo) -> AdapterSummary {
+    AdapterSummary {
+        name: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        software: info.device_type == wgpu::DeviceType::Cpu,
+    }
+}
+
+fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::PRIMARY,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    })
+}
+
+/// The adapter the GPU backend would use, if any: hardware preferred over software.
+pub fn probe() -> Option<AdapterSummary> {
+    let adapter = pollster::block_on(instance().request_adapter(&wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        ..Default::default()
+    }))
+    .ok()?;
+    Some(summary(&adapter.get_info()))
+}
+
+/// Per-step counts of what the GPU does, for reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepStats {
+    pub submits: u32,
+    pub compute_passes: u32,
+    pub dispatches: u32,
+    pub bytes_read_back: u64,
+    pub encode_nanos: u64,
+}
+
+pub struct GpuSession<'p> {
+    plan: &'p LoadedPlan,
+    pub adapter: AdapterSummary,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    params: wgpu::Buffer,
+    arena: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    pipelines: Vec<wgpu::ComputePipeline>,
+    bind_groups: Vec<wgpu::BindGroup>,
+    logits: Vec<f32>,
+    n_past: usize,
+    pub last_step: StepStats,
+}
+
+fn buffer(
+    device: &wgpu::Device,
+    label: &str,
+    size: u64,
+    usage: wgpu::BufferUsages,
+) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        // Zero-sized buffers cannot be bound; every buffer holds at least one word.
+        size: size.max(4).div_ceil(4) * 4,
+        usage,
+        mapped_at_creation: false,
+    })
+}
+
+impl<'p> GpuSession<'p> {
+    pub fn new(plan: &'p LoadedPlan) -> Result<Self, GpuError> {
+        let h = &plan.header;
+        let gpu = &h.gpu;
+        let adapter =
+            pollster::block_on(instance().request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            }))
+            .map_err(|_| GpuError::NoAdapter)?;
+        let info = summary(&adapter.get_info());
+        let have = adapter.limits();
+        let req = &gpu.requirements;
+        let unsupported = |what: String| GpuError::Unsupported {
+            adapter: info.name.clone(),
+            what,
+        };
+        let checks = [
+            (
+                "max_storage_buffer_binding_size",
+                req.max_storage_binding_bytes,
+                u64::from(have.max_storage_buffer_binding_size),
+            ),
+            (
+                "max_buffer_size",
+                req.max_buffer_bytes,
+                have.max_buffer_size,
+            ),
+            (
+                "max_compute_workgroups_per_dimension",
+                req.max_workgroups_per_dimension.into(),
+                have.max_compute_workgroups_per_dimension.into(),
+            ),
+            (
+                "max_compute_invocations_per_workgroup",
+                req.workgroup_size.into(),
+                have.max_compute_invocations_per_workgroup.into(),
+            ),
+            (
+                "max_compute_workgroup_storage_size",
+                req.workgroup_storage_bytes.into(),
+                have.max_compute_workgroup_storage_size.into(),
+            ),
+            (
+                "max_storage_buffers_per_shader_stage",
+                req.storage_buffers_per_stage.into(),
+                have.max_storage_buffers_per_shader_stage.into(),
+            ),
+        ];
+        for (name, need, got) in checks {
+            if need > got {
+                return Err(unsupported(format!(
+                    "{name} {need} (the device offers {got})"
+                )));
+            }
+        }
+        if u64::from(have.min_storage_buffer_offset_alignment) > req.offset_alignment {
+            return Err(unsupported(format!(
+                "binding offsets aligned to {} bytes (the device needs {})",
+                req.offset_alignment, have.min_storage_buffer_offset_alignment
+            )));
+        }
+        if let Some(f) = req.features.first() {
+            return Err(unsupported(format!(
+                "feature {f}, which this llamart does not know"
+            )));
+        }
+        let limits = wgpu::Limits {
+            max_storage_buffer_binding_size: req.max_storage_binding_bytes.max(1 << 27),
+            max_buffer_size: req.max_buffer_bytes.max(1 << 28),
+            max_storage_buffers_per_shader_stage: req.storage_buffers_per_stage.max(8),
+            max_compute_workgroups_per_dimension: req.max_workgroups_per_dimension.max(65535),
+            ..wgpu::Limits::downlevel_defaults().using_resolution(have.clone())
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("llamart"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits,
+            ..Default::default()
+        }))
+        .map_err(|e| GpuError::Device(e.to_string()))?;
+
+        use wgpu::BufferUsages as U;
+        let storage = U::STORAGE | U::COPY_DST | U::COPY_SRC;
+        let params = buffer(&device, "params", 16, U::UNIFORM | U::COPY_DST);
+        let arena = buffer(&device, "arena", h.arena.bytes, storage);
+        let kv = buffer(&device, "kv cache", h.kv.bytes, storage);
+        let scratch = buffer(&device, "attention scratch", gpu.scratch_bytes, storage);
+        let logits_len = h.limits.max_batch as usize * h.model.n_vocab as usize;
+        let readback = buffer(
+            &device,
+            "logits readback",
+            logits_len as u64 * 4,
+            U::MAP_READ | U::COPY_DST,
+        );
+        let weights: Vec<wgpu::Buffer> = (0..h.weights.len() as u32)
+            .map(|i| {
+                let bytes = plan.weight(i);
+                let b = buffer(
+                    &device,
+                    &h.weights[i as usize].name,
+                    bytes.len() as u64,
+                    U::STORAGE | U::COPY_DST,
+                );
+                // Weight sizes are not always whole words; the tail word is padded with zeros.
+                let whole = bytes.len() / 4 * 4;
+                queue.write_buffer(&b, 0, &bytes[..whole]);
+                if whole < bytes.len() {
+                    let mut tail = [0u8; 4];
+                    tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
+                    queue.write_buffer(&b, whole as u64, &tail);
+                }
+                b
+            })
+            .collect();
+
+        let pipelines: Vec<wgpu::ComputePipeline> = gpu
+            .kernels
+            .iter()
+            .map(|k| {
+                let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(&k.label),
+                    source: wgpu::ShaderSource::Wgsl(k.wgsl.as_str().into()),
+                });
+                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(&k.label),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some("main"),
+                    compilation_options: Default::default(),
+                    cache: None,
+                })
+            })
+            .collect();
+        let mut bind_groups = Vec::with_capacity(gpu.dispatches.len());
+        for d in &gpu.dispatches {
+            let pipeline = pipelines
+                .get(d.kernel as usize)
+                .ok_or_else(|| GpuError::Runtime {
+                    during: "loading",
+                    why: format!("dispatch names kernel {} of {}", d.kernel, pipelines.len()),
+                })?;
+            let mut entries = vec![wgpu::BindGroupEntry {
+                binding: 0,
+                resource: params.as_entire_binding(),
+            }];
+            for (i, b) in d.bindings.iter().enumerate() {
+                let (buf, offset, size) = match *b {
+                    GpuBinding::Weight {
+                        index,
+                        offset,
+                        size,
+                    } => (&weights[index as usize], offset, size),
+                    GpuBinding::Arena { offset, size } => (&arena, offset, size),
+                    GpuBinding::Kv { offset, size } => (&kv, offset, size),
+                    GpuBinding::Scratch { offset, size } => (&scratch, offset, size),
+                };
+                if offset + size > buf.size() {
+                    return Err(GpuError::Runtime {
+                        during: "loading",
+                        why: format!(
+                            "binding {b:?} of step {} exceeds its {}-byte buffer",
+                            d.step,
+                            buf.size()
+                        ),
+                    });
+                }
+                entries.push(wgpu::BindGroupEntry {
+                    binding: i as u32 + 1,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: buf,
+                        offset,
+                        size: NonZeroU64::new(size.max(4)),
+                    }),
+                });
+            }
+            bind_groups.push(device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            }));
+        }
+        // Surface validation errors from pipeline and bind group creation now, not at first use.
+        device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::Runtime {
+                during: "loading",
+                why: e.to_string(),
+            })?;
+        Ok(GpuSession {
+            plan,
+            adapter: info,
+            device,
+            queue,
+            params,
+            arena,
+            readback,
+            pipelines,
+            bind_groups,
+            logits: vec![0.0; logits_len],
+            n_past: 0,
+            last_step: StepStats::default(),
+        })
+    }
+
+    pub fn n_past(&self) -> usize {
+        self.n_past
+    }
+
+    pub fn reset(&mut self) {
+        self.n_past = 0;
+    }
+
+    /// Evaluates `tokens` after the cached ones; returns one row of logits per token.
+    pub fn eval(&mut self, tokens: &[u32]) -> Result<&[f32], EvalError> {
+        let h = &self.plan.header;
+        crate::cpu::check_step(h, self.n_past, tokens)?;
+        let encode_start = std::time::Instant::now();
+        let n = tokens.len();
+        let Buf::Arena { offset: ids_at, .. } = h.token_ids else {
+            unreachable!("validated")
+        };
+        self.queue
+            .write_buffer(&self.arena, ids_at, bytemuck::cast_slice(tokens));
+        let params = [n as u32, self.n_past as u32, 0, 0];
+        self.queue
+            .write_buffer(&self.params, 0, bytemuck::cast_slice(&params));
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("step"),
+            });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("step"),
+                timestamp_writes: None,
+            });
+            for (d, bg) in h.gpu.dispatches.iter().zip(&self.bind_groups) {
+                pass.set_pipeline(&self.pipelines[d.kernel as usize]);
+                pass.set_bind_group(0, bg, &[]);
+                pass.dispatch_workgroups(d.groups_x, (n as u32).div_ceil(d.tokens_per_group), 1);
+            }
+        }
+        let Buf::Arena {
+            offset: logits_at, ..
+        } = h.logits
+        else {
+            unreachable!("validated")
+        };
+        let bytes = (n * h.model.n_vocab as usize * 4) as u64;
+        encoder.copy_buffer_to_buffer(&self.arena, logits_at, &self.readback, 0, bytes);
+        self.queue.submit([encoder.finish()]);
+        let encode_nanos = encode_start.elapsed().as_nanos() as u64;
+
+        let slice = self.readback.slice(..bytes);
+        slice.map_async(wgpu::MapMode::Read, |_| {});
+        if let Err(e) = self.device.poll(wgpu::PollType::wait_indefinitely()) {
+            return Err(EvalError::Device(e.to_string()));
+        }
+        {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| EvalError::Device(e.to_string()))?;
+            self.logits[..bytes as usize / 4].copy_from_slice(bytemuck::cast_slice(&view));
+        }
+        self.readback.unmap();
+        self.n_past += n;
+        self.last_step = StepStats {
+            submits: 1,
+            compute_passes: 1,
+            dispatches: h.gpu.dispatches.len() as u32,
+            bytes_read_back: bytes,
+            encode_nanos,
+        };
+        Ok(&self.logits[..bytes as usize / 4])
+    }
+}

@@ -1,0 +1,475 @@
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use llamart::cpu::Session;
+use llamart::eval::{self, Evaluator};
+use llamart::gpu::GpuSession;
+use llamart::plan::LoadedPlan;
+use llamart::sampling::{Sampler, SamplingParams};
+use llamart::tokenizer::{Detokenizer, Tokenizer};
+use serde_json::json;
+
+/// llamart: runs execution plans compiled by llamac.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a continuation of a prompt, streamed to stdout.
+    Run {
+        plan: PathBuf,
+        /// The prompt. Special-token text such as <|im_start|> is parsed as special tokens.
+        #[arg(short = 'p', long = "prompt")]
+        prompt: String,
+        /// Most tokens to generate.
+        #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
+        n_predict: usize,
+        /// Sampling temperature; 0 is greedy.
+        #[arg(long = "temp", default_value_t = 0.8)]
+        temperature: f32,
+        #[arg(long = "top-k", default_value_t = 40)]
+        top_k: usize,
+        #[arg(long = "top-p", default_value_t = 0.95)]
+        top_p: f32,
+        #[arg(long = "min-p", default_value_t = 0.05)]
+        min_p: f32,
+        #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+        repeat_penalty: f32,
+        #[arg(long = "frequency-penalty", default_value_t = 0.0)]
+        frequency_penalty: f32,
+        #[arg(long = "presence-penalty", default_value_t = 0.0)]
+        presence_penalty: f32,
+        /// Recent tokens the penalties consider.
+        #[arg(long = "repeat-last-n", default_value_t = 64)]
+        repeat_last_n: usize,
+        /// Random seed: the same seed gives the same text.
+        #[arg(long = "seed", default_value_t = 0x5eed)]
+        seed: u64,
+        /// Keep generating past end-of-generation tokens.
+        #[arg(long)]
+        ignore_eos: bool,
+        /// Print one JSON object {"prompt_ids", "ids", "text", "timings"} instead of streaming.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        exec: Exec,
+    },
+    /// Print the token ids of TEXT as a JSON array (with BOS when the model adds one).
+    Tokenize {
+        plan: PathBuf,
+        text: String,
+        /// Parse special-token text such as <|im_start|> as special tokens.
+        #[arg(long)]
+        special: bool,
+    },
+    /// Evaluate ids as one sequence; print one JSON line per position:
+    /// {"pos", "top": [[id, logit], ...], "lse"}.
+    Logits {
+        plan: PathBuf,
+        /// Comma-separated token ids.
+        #[arg(long, value_delimiter = ',', required = true)]
+        ids: Vec<u32>,
+        /// How many of the largest logits to list per position.
+        #[arg(long, default_value_t = 64)]
+        top: usize,
+        #[command(flatten)]
+        exec: Exec,
+    },
+    /// Perplexity of a text file with llama.cpp's method; the last line is `perplexity: X`.
+    Perplexity {
+        plan: PathBuf,
+        /// The text file (one trailing newline is dropped).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Tokens per chunk.
+        #[arg(long = "ctx", default_value_t = 512)]
+        ctx: usize,
+        /// Score at most this many chunks.
+        #[arg(long)]
+        chunks: Option<usize>,
+        #[command(flatten)]
+        exec: Exec,
+    },
+    /// Print the plan's readable part.
+    Inspect { plan: PathBuf },
+    /// Measure prompt processing (pp) and generation (tg) speed, llama-bench style.
+    Bench {
+        plan: PathBuf,
+        /// Prompt tokens for the pp test (0 skips it).
+        #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+        n_prompt: usize,
+        /// Generated tokens for the tg test (0 skips it).
+        #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+        n_gen: usize,
+        /// Measured repetitions (after one warm-up).
+        #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+        reps: usize,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        exec: Exec,
+    },
+}
+
+/// Where to run: `auto` takes a hardware GPU when one is present (software adapters such as
+/// lavapipe are correct but slower than the CPU interpreter), else the CPU.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Backend {
+    Auto,
+    Cpu,
+    Gpu,
+}
+
+#[derive(Args)]
+struct Exec {
+    /// Worker threads (CPU backend).
+    #[arg(short = 't', long = "threads", default_value_t = default_threads())]
+    threads: usize,
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    backend: Backend,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("llamart: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Model {
+    plan: LoadedPlan,
+    tokenizer: Tokenizer,
+    load_seconds: f64,
+}
+
+fn load(path: &Path) -> anyhow::Result<Model> {
+    let start = Instant::now();
+    let plan = LoadedPlan::open(path)?;
+    let tokenizer: Tokenizer = serde_json::from_slice(plan.tokenizer_json())
+        .with_context(|| format!("{}: the tokenizer section does not parse", path.display()))?;
+    Ok(Model {
+        plan,
+        tokenizer,
+        load_seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn evaluator<'m>(model: &'m Model, exec: &Exec) -> anyhow::Result<Box<dyn Evaluator + 'm>> {
+    let gpu = match exec.backend {
+        Backend::Cpu => false,
+        Backend::Gpu => true,
+        Backend::Auto => llamart::gpu::probe().is_some_and(|a| !a.software),
+    };
+    if gpu {
+        let s = GpuSession::new(&model.plan)?;
+        if s.adapter.software {
+            eprintln!(
+                "llamart: running on {} ({}), a software GPU: correct but slow",
+                s.adapter.name, s.adapter.backend
+            );
+        }
+        Ok(Box::new(s))
+    } else {
+        Ok(Box::new(Session::new(&model.plan, exec.threads)?))
+    }
+}
+
+/// Writes to stdout; a reader that went away (`| head`) ends the output quietly.
+fn out(text: &str) -> anyhow::Result<bool> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run {
+            plan,
+            prompt,
+            n_predict,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repeat_penalty,
+            frequency_penalty,
+            presence_penalty,
+            repeat_last_n,
+            seed,
+            ignore_eos,
+            json,
+            exec,
+        } => {
+            let params = SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                repeat_penalty,
+                frequency_penalty,
+                presence_penalty,
+                penalty_last_n: repeat_last_n,
+                seed,
+            };
+            params.validate().map_err(anyhow::Error::msg)?;
+            let model = load(&plan)?;
+            let h = &model.plan.header;
+            let (ctx, n_vocab) = (h.limits.ctx as usize, h.model.n_vocab as usize);
+            let prompt_ids = model.tokenizer.encode(&prompt, true, true)?;
+            if prompt_ids.is_empty() {
+                bail!("the prompt is empty");
+            }
+            if prompt_ids.len() >= ctx {
+                bail!("the prompt is {} tokens, but the plan's context holds {ctx} (compile with a larger --ctx)", prompt_ids.len());
+            }
+            let mut s = evaluator(&model, &exec)?;
+            let mut sampler = Sampler::new(params, n_vocab);
+            let mut detok = Detokenizer::new(&model.tokenizer);
+            let mut text = String::new();
+            let mut open = true;
+            let result = eval::generate(
+                &mut *s,
+                &mut sampler,
+                &prompt_ids,
+                n_predict,
+                ctx,
+                h.limits.max_batch as usize,
+                n_vocab,
+                |id| !ignore_eos && model.tokenizer.is_end_of_generation(id),
+                |id| {
+                    let piece = detok.push(id);
+                    if json {
+                        text.push_str(&piece);
+                    } else if open {
+                        open = out(&piece).unwrap_or(false);
+                    }
+                },
+            )?;
+            let tail = detok.finish();
+            let timings = json!({
+                "load_ms": model.load_seconds * 1e3,
+                "prompt_ms": result.prompt_seconds * 1e3,
+                "prompt_tokens_per_s": prompt_ids.len() as f64 / result.prompt_seconds.max(1e-9),
+                "generate_ms": result.generate_seconds * 1e3,
+                "generate_tokens_per_s": result.ids.len().saturating_sub(1) as f64 / result.generate_seconds.max(1e-9),
+                "stop": result.stop,
+            });
+            if json {
+                text.push_str(&tail);
+                out(&(json!({"prompt_ids": prompt_ids, "ids": result.ids, "text": text, "timings": timings}).to_string() + "\n"))?;
+            } else if open {
+                out(&(tail + "\n"))?;
+                if result.stop == "context" {
+                    eprintln!("llamart: stopped: the context of {ctx} tokens is full");
+                }
+            }
+            Ok(())
+        }
+        Command::Tokenize {
+            plan,
+            text,
+            special,
+        } => {
+            let model = load(&plan)?;
+            let ids = model.tokenizer.encode(&text, true, special)?;
+            out(&(serde_json::to_string(&ids)? + "\n"))?;
+            Ok(())
+        }
+        Command::Logits {
+            plan,
+            ids,
+            top,
+            exec,
+        } => {
+            let model = load(&plan)?;
+            let h = &model.plan.header;
+            let n_vocab = h.model.n_vocab as usize;
+            if ids.len() > h.limits.ctx as usize {
+                bail!(
+                    "{} ids exceed the plan's context of {} tokens",
+                    ids.len(),
+                    h.limits.ctx
+                );
+            }
+            let mut s = evaluator(&model, &exec)?;
+            let mut lines = String::new();
+            eval::eval_all(
+                &mut *s,
+                &ids,
+                h.limits.max_batch as usize,
+                n_vocab,
+                |pos, row| {
+                    let top: Vec<(u32, f32)> = eval::top_logits(row, top);
+                    lines.push_str(
+                        &json!({"pos": pos, "top": top, "lse": eval::log_sum_exp(row)}).to_string(),
+                    );
+                    lines.push('\n');
+                },
+            )?;
+            out(&lines)?;
+            Ok(())
+        }
+        Command::Perplexity {
+            plan,
+            file,
+            ctx,
+            chunks,
+            exec,
+        } => {
+            let model = load(&plan)?;
+            let h = &model.plan.header;
+            if ctx > h.limits.ctx as usize {
+                bail!(
+                    "--ctx {ctx} exceeds the plan's context of {} tokens",
+                    h.limits.ctx
+                );
+            }
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let mut text = String::from_utf8(bytes)
+                .with_context(|| format!("{} is not UTF-8", file.display()))?;
+            if text.ends_with('\n') {
+                text.pop();
+            }
+            let tokens = model.tokenizer.encode(&text, true, false)?;
+            let bos = model
+                .tokenizer
+                .add_bos()
+                .then(|| model.tokenizer.bos())
+                .flatten();
+            let mut s = evaluator(&model, &exec)?;
+            let start = Instant::now();
+            let r = eval::perplexity(
+                &mut *s,
+                &tokens,
+                ctx,
+                chunks,
+                bos,
+                h.limits.max_batch as usize,
+                h.model.n_vocab as usize,
+            )
+            .map_err(anyhow::Error::msg)?;
+            let mut report = format!(
+                "{} tokens, {} chunks of {ctx}, {} scored, {:.1} s\n",
+                tokens.len(),
+                r.chunk_ppl.len(),
+                r.tokens_scored,
+                start.elapsed().as_secs_f64()
+            );
+            for (i, p) in r.chunk_ppl.iter().enumerate() {
+                report.push_str(&format!("chunk {i}: {p:.4}\n"));
+            }
+            report.push_str(&format!("perplexity: {:.6}\n", r.ppl));
+            out(&report)?;
+            Ok(())
+        }
+        Command::Bench {
+            plan,
+            n_prompt,
+            n_gen,
+            reps,
+            json,
+            exec,
+        } => {
+            let model = load(&plan)?;
+            let h = &model.plan.header;
+            if n_prompt.max(n_gen) > h.limits.ctx as usize {
+                bail!(
+                    "-p {n_prompt} / -n {n_gen} exceed the plan's context of {} tokens",
+                    h.limits.ctx
+                );
+            }
+            if reps == 0 {
+                bail!("-r must be at least 1");
+            }
+            let mut s = evaluator(&model, &exec)?;
+            let r = llamart::bench::run(
+                &mut *s,
+                n_prompt,
+                n_gen,
+                reps,
+                h.limits.max_batch as usize,
+                h.model.n_vocab,
+            )?;
+            let rss = llamart::bench::peak_rss_bytes();
+            let gpu = s.gpu_step_stats().map(|g| {
+                json!({"submits": g.submits, "compute_passes": g.compute_passes, "dispatches": g.dispatches,
+                       "bytes_read_back": g.bytes_read_back, "host_encode_us": g.encode_nanos as f64 / 1e3})
+            });
+            if json {
+                let stat = |s: &llamart::bench::Stat| json!({"n": s.n, "tps_mean": s.tps_mean, "tps_std": s.tps_std});
+                let j = json!({
+                    "pp": stat(&r.pp), "tg": stat(&r.tg), "ttft_ms": r.ttft_ms,
+                    "load_ms": model.load_seconds * 1e3, "peak_rss_bytes": rss,
+                    "threads": exec.threads, "backend": s.backend(), "gpu_per_decode_token": gpu,
+                    "model": h.model.name, "plan_bytes": model.plan.file_bytes(),
+                });
+                out(&(j.to_string() + "\n"))?;
+            } else {
+                let mut table = String::from(
+                    "| model | backend | threads | test | t/s |\n|---|---|---|---|---|\n",
+                );
+                for (name, st) in [("pp", &r.pp), ("tg", &r.tg)] {
+                    if st.n > 0 {
+                        table.push_str(&format!(
+                            "| {} | {} | {} | {name}{} | {:.2} ± {:.2} |\n",
+                            h.model.name,
+                            s.backend(),
+                            exec.threads,
+                            st.n,
+                            st.tps_mean,
+                            st.tps_std
+                        ));
+                    }
+                }
+                table.push_str(&format!(
+                    "\nload {:.1} ms, time to first token {:.1} ms, peak RSS {}\n",
+                    model.load_seconds * 1e3,
+                    r.ttft_ms,
+                    rss.map_or("unknown".into(), |b| format!(
+                        "{:.1} MiB",
+                        b as f64 / (1 << 20) as f64
+                    ))
+                ));
+                if let Some(g) = gpu {
+                    table.push_str(&format!("GPU per decode token: {g}\n"));
+                }
+                out(&table)?;
+            }
+            Ok(())
+        }
+        Command::Inspect { plan } => {
+            let model = LoadedPlan::open(&plan)?;
+            out(&format!(
+                "// {}: {} bytes, plan format {}\n{}\n",
+                plan.display(),
+                model.file_bytes(),
+                model.header.format_version,
+                model.header_text()
+            ))?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The execution plan: what llamac decided, in the form llamart replays.
+//!
+//! A plan is fully static: every buffer has a byte offset fixed at compile time, every step names
+//! its kernel with concrete dimensions, and the only things that vary at run time are the number
+//! of new tokens in a step (at most `limits.max_batch`) and the number of tokens already in the KV
+//! cache (at most `limits.ctx`).
+
+mod file;
+
+use serde::{Deserialize, Serialize};
+
+use crate::GgmlType;
+
+pub use file::{LoadedPlan, PlanError, PlanWriter, FORMAT_VERSION, MAGIC};
+
+/// The readable part of a plan (stored as RON).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanHeader {
+    pub format_version: u32,
+    pub compiler_version: String,
+    pub model: ModelInfo,
+    pub limits: Limits,
+    pub arena: ArenaLayout,
+    pub kv: KvLayout,
+    /// The token ids of the current step, `max_batch` i32 values.
+    pub token_ids: Buf,
+    /// Logits of the current step: one row of `model.n_vocab` f32 per new token.
+    pub logits: Buf,
+    pub steps: Vec<Step>,
+    pub weights: Vec<WeightInfo>,
+    /// The same schedule as WGSL compute dispatches.
+    pub gpu: GpuSection,
+}
+
+/// The GPU form of the schedule: specialized WGSL kernels and, for every step, the dispatches
+/// that run it with their bindings. Binding 0 of every kernel is the per-step `Params` uniform;
+/// the listed bindings follow from 1.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuSection {
+    pub kernels: Vec<GpuKernel>,
+    pub dispatches: Vec<GpuDispatch>,
+    /// Attention scores scratch, bytes.
+    pub scratch_bytes: u64,
+    pub requirements: GpuRequirements,
+    /// Everything the GPU path allocates: weights, arena, KV cache, scratch, params and readback.
+    pub memory_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GpuKernel {
+    pub label: String,
+    pub wgsl: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GpuDispatch {
+    /// The schedule step this dispatch belongs to.
+    pub step: u32,
+    pub kernel: u32,
+    pub bindings: Vec<GpuBinding>,
+    pub groups_x: u32,
+    /// Workgroups along y: ceil(n_tokens / tokens_per_group).
+    pub tokens_per_group: u32,
+}
+
+/// A storage binding: a byte range of one of the GPU buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GpuBinding {
+    Weight { index: u32, offset: u64, size: u64 },
+    Arena { offset: u64, size: u64 },
+    Kv { offset: u64, size: u64 },
+    Scratch { offset: u64, size: u64 },
+}
+
+/// What a device must offer to run the GPU form.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuRequirements {
+    /// Optional WebGPU features the kernels use (none today: f16 values are decoded by hand).
+    pub features: Vec<String>,
+    pub max_storage_binding_bytes: u64,
+    pub max_buffer_bytes: u64,
+    pub max_workgroups_per_dimension: u32,
+    pub workgroup_size: u32,
+    pub workgroup_storage_bytes: u32,
+    pub storage_buffers_per_stage: u32,
+    /// Binding offsets are multiples of this.
+    pub offset_alignment: u64,
+}
+
+/// What the model is, for display and for checks at the edges (vocabulary size, special ids).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub architecture: String,
+    pub name: String,
+    pub n_vocab: u32,
+    pub n_embd: u32,
+    pub n_layer: u32,
+    /// The context length the model was trained for (the plan's may be smaller).
+    pub n_ctx_train: u32,
+    pub chat_template: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Tokens the KV cache holds.
+    pub ctx: u32,
+    /// Most new tokens one step evaluates; longer prompts are evaluated in chunks of this size.
+    pub max_batch: u32,
+}
+
+/// The activation arena: one allocation; buffers whose lifetimes do not overlap share bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArenaLayout {
+    pub bytes: u64,
+}
+
+/// The KV cache: per layer, K and V as `[ctx][n_kv_head][head_dim]` f32.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KvLayout {
+    pub bytes: u64,
+    pub layers: Vec<KvLayer>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvLayer {
+    pub k_offset: u64,
+    pub v_offset: u64,
+    pub n_kv_head: u32,
+    pub head_dim: u32,
+}
+
+impl KvLayer {
+    /// f32 values per cached position.
+    pub fn row_len(&self) -> usize {
+        (self.n_kv_head * self.head_dim) as usize
+    }
+}
+
+/// Where a step's operand lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Buf {
+    /// In the arena at `offset`, with `row_bytes` reserved per token (`max_batch` rows). Rows are
+    /// stored back to back with the kernel's row length, so a step with T tokens reads a prefix.
+    Arena { offset: u64, row_bytes: u64 },
+    /// A weight, by index into `PlanHeader::weights`.
+    Weight(u32),
+}
+
+/// A weight tensor in the plan's weight section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WeightInfo {
+    pub name: String,
+    pub ty: GgmlType,
+    /// ggml order: `dims[0]` is the contiguous dimension.
+    pub dims: Vec<u64>,
+    /// Offset from the start of the weight section (aligned to `WEIGHT_ALIGN`).
+    pub offset: u64,
+    pub bytes: u64,
+}
+
+/// Weights start at multiples of this, so kernels can use aligned vector loads.
+pub const WEIGHT_ALIGN: u64 = 64;
+
+/// One step of the schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub kernel: Kernel,
+    pub inputs: Vec<Buf>,
+    pub output: Buf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UnaryOp {
+    Silu,
+    /// GELU with the tanh approximation.
+    GeluTanh,
+}
+
+/// The kernels of the CPU interpreter, with every dimension fixed at compile time. Rows are
+/// per new token: a kernel runs on `n_tokens` rows of its operands.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Kernel {
+    /// Row `ids[t]` of the table weight (`[n, n_vocab]`, any dequantizable type) into row t.
+    /// Inputs: table, token ids (i32 rows).
+    Embed {
+        n: u32,
+    },
+    /// `x / sqrt(mean(x^2) + eps) * weight` over groups of `n` values. Inputs: x, weight [n].
+    RmsNorm {
+        n: u32,
+        groups: u32,
+        eps: f32,
+    },
+    /// `y[t] = W x[t]`, W `[k, n]` in ggml order. Inputs: x, W.
+    MatMul {
+        k: u32,
+        n: u32,
+    },
+    /// `a + b` over `n` values a row; `b` is one row shared by all tokens when `broadcast`.
+    Add {
+        n: u32,
+        broadcast: bool,
+    },
+    /// `a * b`, like `Add`.
+    Mul {
+        n: u32,
+        broadcast: bool,
+    },
+    Scale {
+        n: u32,
+        factor: f32,
+    },
+    Unary {
+        n: u32,
+        op: UnaryOp,
+    },
+    /// Rotary position embedding on `n_head` heads of `head_dim`, rotating the first `n_rot`
+    /// dimensions of each; `neox` pairs dimension i with i + n_rot/2 instead of 2i with 2i+1.
+    Rope {
+        n_head: u32,
+        head_dim: u32,
+        n_rot: u32,
+        base: f32,
+        neox: bool,
+    },
+    /// Stores k and v at the step's positions in the layer's cache, then attends causally (and
+    /// within `window` positions, if set) from q. Inputs: q, k, v; output `[n_head * head_dim]`.
+    Attention {
+        layer: u32,
+        n_head: u32,
+        n_kv_head: u32,
+        head_dim: u32,
+        scale: f32,
+        window: Option<u32>,
+    },
+}

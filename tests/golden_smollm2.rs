@@ -1,0 +1,98 @@
+//! SmolLM2-135M (llama, Q4_1) against the golden references: teacher-forced logits inside the
+//! envelope, perplexity, and prefill/decode consistency.
+
+use llama_e2e::*;
+use llamart::cpu::Session;
+use llamart::plan::LoadedPlan;
+
+const MODEL: &str = "smollm2-135m-q4_1";
+
+fn plan() -> LoadedPlan {
+    LoadedPlan::open(&compiled_plan(MODEL, &[])).unwrap()
+}
+
+#[test]
+fn teacher_forced_logits_are_inside_the_envelope() {
+    check_teacher_forced(&plan(), MODEL);
+}
+
+#[test]
+fn perplexity_is_within_half_a_percent_of_hf() {
+    check_perplexity(
+        &plan(),
+        MODEL,
+        |_| unreachable!("the golden entries carry token ids"),
+        None,
+    );
+}
+
+/// The largest absolute difference between the logits of evaluating `ids` in one sequence and of
+/// prefilling all but the last `decode` tokens, then decoding those one at a time.
+fn prefill_decode_difference(
+    session: &mut Session,
+    plan: &LoadedPlan,
+    ids: &[u32],
+    decode: usize,
+) -> f32 {
+    let full = eval_rows(session, plan, ids);
+    let split = ids.len() - decode;
+    eval_rows(session, plan, &ids[..split]);
+    let mut worst = 0f32;
+    for (i, &id) in ids[split..].iter().enumerate() {
+        let row = session.eval(&[id]).unwrap();
+        for (a, b) in row.iter().zip(&full[split + i]) {
+            worst = worst.max((a - b).abs());
+        }
+    }
+    worst
+}
+
+#[test]
+fn prefill_then_decode_equals_one_full_evaluation() {
+    let golden = golden(MODEL);
+    let plan = plan();
+    let ids = ids_of(&golden["cases"][1]["teacher_forced"]["ids"]);
+    let mut session = Session::new(&plan, 2).unwrap();
+    let diff = prefill_decode_difference(&mut session, &plan, &ids, 12);
+    eprintln!("max |prefill+decode - full| = {diff:e}");
+    assert!(
+        diff <= 1e-3,
+        "prefill then decode differs from the full evaluation by {diff}"
+    );
+
+    // The guard: the same check must catch a KV cache written one position off.
+    session.misplace_kv_writes_for_testing(1);
+    let diff = prefill_decode_difference(&mut session, &plan, &ids, 12);
+    eprintln!("with KV writes shifted by one: {diff}");
+    assert!(
+        diff > 1e-3,
+        "a KV write off by one went unnoticed (difference {diff})"
+    );
+}
+
+#[test]
+fn longer_batches_than_the_plan_allows_and_full_contexts_are_errors() {
+    let plan = LoadedPlan::open(&compiled_plan(MODEL, &["--ctx", "64", "--batch", "16"])).unwrap();
+    let mut session = Session::new(&plan, 1).unwrap();
+    let err = session.eval(&[1; 17]).unwrap_err();
+    assert_eq!(
+        err,
+        llamart::cpu::EvalError::BatchTooLarge { n: 17, max: 16 }
+    );
+    for _ in 0..4 {
+        session.eval(&[1; 16]).unwrap();
+    }
+    assert!(matches!(
+        session.eval(&[1]).unwrap_err(),
+        llamart::cpu::EvalError::ContextFull { past: 64, .. }
+    ));
+    session.reset();
+    assert!(matches!(
+        session.eval(&[49152]).unwrap_err(),
+        llamart::cpu::EvalError::BadToken { id: 49152, .. }
+    ));
+    assert!(matches!(
+        session.eval(&[]).unwrap_err(),
+        llamart::cpu::EvalError::Empty
+    ));
+}

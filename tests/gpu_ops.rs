@@ -1,0 +1,439 @@
+//! Op conformance, in the spirit of llama.cpp's test-backend-ops: every kernel the compiler emits
+//! for the GPU (each op, each weight type, shapes that are not multiples of the block or workgroup
+//! size) runs on wgpu and on the CPU interpreter from the same plan, and the outputs must agree to
+//! a normalized mean squared error of 1e-6.
+//!
+//! Each case is a small hand-built plan: F32 embedding tables turn token ids into the op's inputs,
+//! then the op under test writes the plan's output rows.
+
+use llama_e2e::gpu_available;
+use llamart::cpu::Session;
+use llamart::gpu::GpuSession;
+use llamart::plan::*;
+use llamart::GgmlType;
+
+struct Rng(u64);
+
+impl Rng {
+    fn f32(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    fn byte(&mut self) -> u8 {
+        (self.f32().to_bits() >> 7) as u8
+    }
+}
+
+fn f16_bytes(x: f32) -> [u8; 2] {
+    half::f16::from_f32(x).to_le_bytes()
+}
+
+/// Random weight bytes of type `ty` with `rows` rows of `k` values and sane scales.
+fn random_weight(rng: &mut Rng, ty: GgmlType, k: u64, rows: u64) -> Vec<u8> {
+    let n = (k * rows) as usize;
+    match ty {
+        GgmlType::F32 => (0..n).flat_map(|_| rng.f32().to_le_bytes()).collect(),
+        GgmlType::F16 => (0..n).flat_map(|_| f16_bytes(rng.f32())).collect(),
+        GgmlType::BF16 => (0..n)
+            .flat_map(|_| ((rng.f32().to_bits() >> 16) as u16).to_le_bytes())
+            .collect(),
+        _ => {
+            let blocks = n / ty.block_len();
+            let mut out = Vec::with_capacity(blocks * ty.block_bytes());
+            for _ in 0..blocks {
+                let mut b: Vec<u8> = (0..ty.block_bytes()).map(|_| rng.byte()).collect();
+                let scale = |b: &mut Vec<u8>, at: usize, v: f32| {
+                    b[at..at + 2].copy_from_slice(&f16_bytes(v))
+                };
+                match ty {
+                    GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => {
+                        scale(&mut b, 0, 0.05 * rng.f32())
+                    }
+                    GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K => {
+                        scale(&mut b, 0, 0.05 * rng.f32());
+                        scale(&mut b, 2, 0.05 * rng.f32());
+                    }
+                    GgmlType::Q6_K => scale(&mut b, 208, 0.01 * rng.f32()),
+                    other => unreachable!("no generator for {other}"),
+                }
+                out.extend(b);
+            }
+            out
+        }
+    }
+}
+
+/// Builds plans of the form "embed the ids through F32 tables, then one op".
+struct Builder {
+    rng: Rng,
+    weights: Vec<WeightInfo>,
+    data: Vec<Vec<u8>>,
+    steps: Vec<Step>,
+    arena: u64,
+    max_batch: u32,
+}
+
+impl Builder {
+    fn new(seed: u64) -> Self {
+        let mut b = Builder {
+            rng: Rng(seed),
+            weights: vec![],
+            data: vec![],
+            steps: vec![],
+            arena: 0,
+            max_batch: 8,
+        };
+        b.alloc(1); // token ids
+        b
+    }
+
+    fn alloc(&mut self, per_token_values: u64) -> Buf {
+        let row_bytes = (per_token_values * 4).div_ceil(32) * 32;
+        let buf = Buf::Arena {
+            offset: self.arena,
+            row_bytes,
+        };
+        self.arena += row_bytes * u64::from(self.max_batch);
+        buf
+    }
+
+    fn weight(&mut self, ty: GgmlType, dims: &[u64]) -> Buf {
+        let bytes = random_weight(&mut self.rng, ty, dims[0], dims[1..].iter().product());
+        let offset = self
+            .weights
+            .iter()
+            .map(|w| w.offset + w.bytes.div_ceil(WEIGHT_ALIGN) * WEIGHT_ALIGN)
+            .max()
+            .unwrap_or(0);
+        self.weights.push(WeightInfo {
+            name: format!("w{}", self.weights.len()),
+            ty,
+            dims: dims.to_vec(),
+            offset,
+            bytes: bytes.len() as u64,
+        });
+        self.data.push(bytes);
+        Buf::Weight(self.weights.len() as u32 - 1)
+    }
+
+    /// An activation input of `n` values a token: a row of a random F32 table picked by token id.
+    fn input(&mut self, n: u32) -> Buf {
+        let table = self.weight(GgmlType::F32, &[n.into(), VOCAB.into()]);
+        let out = self.alloc(n.into());
+        let ids = Buf::Arena {
+            offset: 0,
+            row_bytes: 32,
+        };
+        self.steps.push(Step {
+            kernel: Kernel::Embed { n },
+            inputs: vec![table, ids],
+            output: out,
+        });
+        out
+    }
+
+    fn op(&mut self, kernel: Kernel, inputs: Vec<Buf>, out_values: u32) -> Buf {
+        let out = self.alloc(out_values.into());
+        self.steps.push(Step {
+            kernel,
+            inputs,
+            output: out,
+        });
+        out
+    }
+
+    /// Writes the plan with `output` (of `n_out` values a token) as its "logits".
+    fn finish(self, output: Buf, n_out: u32, kv: KvLayout) -> std::path::PathBuf {
+        let ctx = 16;
+        let mut header = PlanHeader {
+            format_version: FORMAT_VERSION,
+            compiler_version: "test".into(),
+            model: ModelInfo {
+                architecture: "test".into(),
+                name: "op".into(),
+                n_vocab: n_out,
+                n_embd: 0,
+                n_layer: 0,
+                n_ctx_train: ctx,
+                chat_template: None,
+            },
+            limits: Limits {
+                ctx,
+                max_batch: self.max_batch,
+            },
+            arena: ArenaLayout { bytes: self.arena },
+            kv,
+            token_ids: Buf::Arena {
+                offset: 0,
+                row_bytes: 32,
+            },
+            logits: output,
+            steps: self.steps,
+            weights: self.weights,
+            gpu: Default::default(),
+        };
+        header.gpu = llamac::wgsl::gpu_section(&header).unwrap();
+        let path = llama_e2e::scratch_dir().join(format!(
+            "op-{}.plan",
+            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        PlanWriter::write(&path, &header, b"null", self.data.iter().map(Vec::as_slice)).unwrap();
+        path
+    }
+}
+
+static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// Rows of every embedding table: more than any output row is long, since the output row length
+/// is the test plan's "vocabulary" that token ids are checked against.
+const VOCAB: u32 = 1024;
+
+fn nmse(gpu: &[f32], cpu: &[f32]) -> f64 {
+    let err: f64 = gpu
+        .iter()
+        .zip(cpu)
+        .map(|(a, b)| f64::from(a - b).powi(2))
+        .sum();
+    let norm: f64 = cpu.iter().map(|b| f64::from(*b).powi(2)).sum();
+    err / norm.max(1e-30)
+}
+
+/// Runs the plan on both backends: a prefill of 5 tokens, then 2 single-token steps.
+fn compare(label: &str, path: &std::path::Path) {
+    let plan = LoadedPlan::open(path).unwrap();
+    let mut cpu = Session::new(&plan, 2).unwrap();
+    let mut gpu = GpuSession::new(&plan).unwrap();
+    let n_vocab = plan.header.model.n_vocab;
+    for tokens in [&[1u32, 5, 2, 6, 0][..], &[3], &[4]] {
+        let tokens: Vec<u32> = tokens.iter().map(|t| t % n_vocab).collect();
+        let c = cpu.eval(&tokens).unwrap().to_vec();
+        let g = gpu.eval(&tokens).unwrap();
+        let e = nmse(g, &c);
+        assert!(
+            e <= 1e-6,
+            "{label}: NMSE {e:e} after {} tokens",
+            cpu.n_past()
+        );
+        assert!(
+            c.iter().any(|v| *v != 0.0),
+            "{label}: the CPU output is all zeros"
+        );
+    }
+}
+
+const QUANT_TYPES: [GgmlType; 10] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q6_K,
+];
+
+#[test]
+fn matmul_and_embed_for_every_weight_type_and_odd_shapes() {
+    if !gpu_available() {
+        return;
+    }
+    for ty in QUANT_TYPES {
+        let block = ty.block_len() as u32;
+        for (k, n) in [
+            (block, 3),
+            (2 * block.max(32), 67),
+            (3 * block.max(64), 130),
+        ] {
+            let mut b = Builder::new(u64::from(k * n) + ty.id() as u64);
+            let x = b.input(k);
+            let w = b.weight(ty, &[k.into(), n.into()]);
+            let y = b.op(Kernel::MatMul { k, n }, vec![x, w], n);
+            compare(
+                &format!("matmul {ty} k={k} n={n}"),
+                &b.finish(
+                    y,
+                    n,
+                    KvLayout {
+                        bytes: 0,
+                        layers: vec![],
+                    },
+                ),
+            );
+
+            let mut b = Builder::new(7 + u64::from(k));
+            let table = b.weight(ty, &[k.into(), VOCAB.into()]);
+            let out = b.alloc(k.into());
+            b.steps.push(Step {
+                kernel: Kernel::Embed { n: k },
+                inputs: vec![
+                    table,
+                    Buf::Arena {
+                        offset: 0,
+                        row_bytes: 32,
+                    },
+                ],
+                output: out,
+            });
+            compare(
+                &format!("embed {ty} n={k}"),
+                &b.finish(
+                    out,
+                    k,
+                    KvLayout {
+                        bytes: 0,
+                        layers: vec![],
+                    },
+                ),
+            );
+        }
+    }
+}
+
+#[test]
+fn elementwise_norm_and_rope_kernels() {
+    if !gpu_available() {
+        return;
+    }
+    let none = || KvLayout {
+        bytes: 0,
+        layers: vec![],
+    };
+    for n in [1u32, 37, 64, 200] {
+        for (name, kernel) in [
+            (
+                "add",
+                Kernel::Add {
+                    n,
+                    broadcast: false,
+                },
+            ),
+            (
+                "mul",
+                Kernel::Mul {
+                    n,
+                    broadcast: false,
+                },
+            ),
+        ] {
+            let mut b = Builder::new(u64::from(n));
+            let (x, y) = (b.input(n), b.input(n));
+            let out = b.op(kernel, vec![x, y], n);
+            compare(&format!("{name} n={n}"), &b.finish(out, n, none()));
+        }
+        for (name, kernel) in [
+            ("add broadcast", Kernel::Add { n, broadcast: true }),
+            ("mul broadcast", Kernel::Mul { n, broadcast: true }),
+        ] {
+            let mut b = Builder::new(3 + u64::from(n));
+            let x = b.input(n);
+            let w = b.weight(GgmlType::F32, &[n.into()]);
+            let out = b.op(kernel, vec![x, w], n);
+            compare(&format!("{name} n={n}"), &b.finish(out, n, none()));
+        }
+        for (name, kernel) in [
+            (
+                "silu",
+                Kernel::Unary {
+                    n,
+                    op: UnaryOp::Silu,
+                },
+            ),
+            (
+                "gelu",
+                Kernel::Unary {
+                    n,
+                    op: UnaryOp::GeluTanh,
+                },
+            ),
+            ("scale", Kernel::Scale { n, factor: 24.5 }),
+        ] {
+            let mut b = Builder::new(5 + u64::from(n));
+            let x = b.input(n);
+            let out = b.op(kernel, vec![x], n);
+            compare(&format!("{name} n={n}"), &b.finish(out, n, none()));
+        }
+        for groups in [1u32, 3] {
+            let mut b = Builder::new(9 + u64::from(n));
+            let x = b.input(n * groups);
+            let w = b.weight(GgmlType::F32, &[n.into()]);
+            let out = b.op(
+                Kernel::RmsNorm {
+                    n,
+                    groups,
+                    eps: 1e-6,
+                },
+                vec![x, w],
+                n * groups,
+            );
+            compare(
+                &format!("rms_norm n={n} groups={groups}"),
+                &b.finish(out, n * groups, none()),
+            );
+        }
+    }
+    for (n_head, head_dim, n_rot, neox) in [
+        (3u32, 64u32, 64u32, false),
+        (2, 256, 256, true),
+        (4, 32, 16, true),
+        (1, 10, 6, false),
+    ] {
+        let mut b = Builder::new(u64::from(n_head * head_dim));
+        let x = b.input(n_head * head_dim);
+        let kernel = Kernel::Rope {
+            n_head,
+            head_dim,
+            n_rot,
+            base: 10000.0,
+            neox,
+        };
+        let out = b.op(kernel, vec![x], n_head * head_dim);
+        compare(
+            &format!("rope {n_head}x{head_dim} rot {n_rot} neox {neox}"),
+            &b.finish(out, n_head * head_dim, none()),
+        );
+    }
+}
+
+#[test]
+fn attention_with_grouped_heads_windows_and_a_growing_cache() {
+    if !gpu_available() {
+        return;
+    }
+    for (n_head, n_kv_head, head_dim, window) in [
+        (4u32, 2u32, 8u32, None),
+        (9, 3, 64, None),
+        (4, 1, 256, Some(3)),
+        (2, 2, 20, Some(1)),
+    ] {
+        let mut b = Builder::new(u64::from(n_head * head_dim));
+        let q = b.input(n_head * head_dim);
+        let k = b.input(n_kv_head * head_dim);
+        let v = b.input(n_kv_head * head_dim);
+        let region = (16 * n_kv_head * head_dim * 4).div_ceil(256) as u64 * 256;
+        let kv = KvLayout {
+            bytes: 2 * region,
+            layers: vec![KvLayer {
+                k_offset: 0,
+                v_offset: region,
+                n_kv_head,
+                head_dim,
+            }],
+        };
+        let kernel = Kernel::Attention {
+            layer: 0,
+            n_head,
+            n_kv_head,
+            head_dim,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            window,
+        };
+        let out = b.op(kernel, vec![q, k, v], n_head * head_dim);
+        compare(
+            &format!("attention {n_head}/{n_kv_head}x{head_dim} window {window:?}"),
+            &b.finish(out, n_head * head_dim, kv),
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! `llamart run` and `llamart tokenize` on SmolLM2 through the command line.
+
+use std::process::Command;
+
+use llama_e2e::*;
+
+const MODEL: &str = "smollm2-135m-q4_1";
+
+fn llamart(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin("llamart")).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn plan() -> String {
+    compiled_plan(MODEL, &[]).to_str().unwrap().to_string()
+}
+
+#[test]
+fn greedy_run_follows_the_reference_until_its_first_near_tie() {
+    let golden = golden(MODEL);
+    let case = &golden["cases"][0];
+    let prompt = case["prompt"].as_str().unwrap();
+    let (code, stdout, stderr) = llamart(&[
+        "run",
+        &plan(),
+        "-p",
+        prompt,
+        "-n",
+        "24",
+        "--temp",
+        "0",
+        "--json",
+        "-t",
+        "2",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let j: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(ids_of(&j["prompt_ids"]), ids_of(&case["prompt_ids"]));
+    let ours = ids_of(&j["ids"]);
+    let reference = ids_of(&case["llamacpp_greedy_ids"]);
+    let margins = case["diagnostics"]["llamacpp_greedy_margins"]
+        .as_array()
+        .unwrap();
+    let decisive = margins
+        .iter()
+        .take_while(|m| m.as_f64().unwrap() >= 0.5)
+        .count()
+        .min(ours.len());
+    assert!(decisive >= 4, "the reference's first tokens are decisive");
+    assert_eq!(
+        ours[..decisive],
+        reference[..decisive],
+        "text: {}",
+        j["text"]
+    );
+    assert!(
+        j["text"].as_str().unwrap().contains("Paris"),
+        "{}",
+        j["text"]
+    );
+    assert!(j["timings"]["generate_tokens_per_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn streamed_text_equals_the_json_text_and_seeds_reproduce() {
+    let plan = plan();
+    let args = |json: bool, seed: &str| {
+        let mut a = vec![
+            "run",
+            plan.as_str(),
+            "-p",
+            "Once upon a time",
+            "-n",
+            "20",
+            "--temp",
+            "0.9",
+            "--seed",
+            seed,
+            "-t",
+            "2",
+        ];
+        a.extend(json.then_some("--json"));
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| {
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        let (code, stdout, stderr) = llamart(&refs);
+        assert_eq!(code, 0, "{stderr}");
+        stdout
+    };
+    let streamed = run(args(false, "42"));
+    let j: serde_json::Value = serde_json::from_str(&run(args(true, "42"))).unwrap();
+    assert_eq!(streamed, format!("{}\n", j["text"].as_str().unwrap()));
+    assert_eq!(
+        run(args(false, "42")),
+        streamed,
+        "the same seed gives the same text"
+    );
+    assert_ne!(
+        run(args(false, "43")),
+        streamed,
+        "another seed gives other text"
+    );
+}
+
+#[test]
+fn tokenize_prints_the_golden_prompt_ids() {
+    let golden = golden(MODEL);
+    let plan = plan();
+    for case in golden["cases"].as_array().unwrap() {
+        let mut args = vec!["tokenize", plan.as_str(), case["prompt"].as_str().unwrap()];
+        if case["parse_special"].as_bool().unwrap() {
+            args.push("--special");
+        }
+        let (code, stdout, stderr) = llamart(&args);
+        assert_eq!(code, 0, "{stderr}");
+        let ids: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(
+            ids_of(&ids),
+            ids_of(&case["prompt_ids"]),
+            "{}",
+            case["name"]
+        );
+    }
+}
+
+#[test]
+fn prompts_longer_than_the_context_and_bad_flags_are_errors() {
+    let small = compiled_plan(MODEL, &["--ctx", "8"]);
+    let (code, _, stderr) = llamart(&[
+        "run",
+        small.to_str().unwrap(),
+        "-p",
+        "one two three four five six seven eight nine ten",
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("context holds 8"), "{stderr}");
+    let (code, _, stderr) =
+        llamart(&["run", small.to_str().unwrap(), "-p", "hi", "--top-p", "1.5"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("top-p"), "{stderr}");
+    let (code, _, _) = llamart(&["run", small.to_str().unwrap()]);
+    assert_eq!(code, 2, "a missing -p is a usage error");
+}
