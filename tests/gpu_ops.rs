@@ -146,6 +146,16 @@ impl Builder {
 
     /// Writes the plan with `output` (of `n_out` values a token) as its "logits".
     fn finish(self, output: Buf, n_out: u32, kv: KvLayout) -> std::path::PathBuf {
+        self.finish_with_max_binding(output, n_out, kv, llamac::wgsl::MAX_BINDING_BYTES)
+    }
+
+    fn finish_with_max_binding(
+        self,
+        output: Buf,
+        n_out: u32,
+        kv: KvLayout,
+        max_binding: u64,
+    ) -> std::path::PathBuf {
         let ctx = 16;
         let mut header = PlanHeader {
             format_version: FORMAT_VERSION,
@@ -174,7 +184,7 @@ impl Builder {
             weights: self.weights,
             gpu: Default::default(),
         };
-        header.gpu = llamac::wgsl::gpu_section(&header).unwrap();
+        header.gpu = llamac::wgsl::gpu_section_with_max_binding(&header, max_binding).unwrap();
         let path = llama_e2e::scratch_dir().join(format!(
             "op-{}.plan",
             COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -434,6 +444,79 @@ fn attention_with_grouped_heads_windows_and_a_growing_cache() {
         compare(
             &format!("attention {n_head}/{n_kv_head}x{head_dim} window {window:?}"),
             &b.finish(out, n_head * head_dim, kv),
+        );
+    }
+}
+
+/// Weights larger than one binding are split by rows across dispatches: force it with a tiny limit
+/// and check the result is unchanged.
+#[test]
+fn weights_split_across_bindings_give_the_same_result() {
+    if !gpu_available() {
+        return;
+    }
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::F32] {
+        let (k, n) = (256u32, 300u32);
+        let mut b = Builder::new(11);
+        let x = b.input(k);
+        let w = b.weight(ty, &[k.into(), n.into()]);
+        let y = b.op(Kernel::MatMul { k, n }, vec![x, w], n);
+        let row_bytes = ty.bytes_for(k.into()).unwrap();
+        let path = b.finish_with_max_binding(
+            y,
+            n,
+            KvLayout {
+                bytes: 0,
+                layers: vec![],
+            },
+            70 * row_bytes,
+        );
+        let plan = LoadedPlan::open(&path).unwrap();
+        let parts = plan
+            .header
+            .gpu
+            .dispatches
+            .iter()
+            .filter(|d| d.step == 1)
+            .count();
+        assert!(
+            parts >= 3,
+            "{ty}: {parts} dispatches for a weight of 300 rows with bindings of 70 rows"
+        );
+        for d in &plan.header.gpu.dispatches {
+            for binding in &d.bindings {
+                if let GpuBinding::Weight { size, .. } = binding {
+                    assert!(*size <= 70 * row_bytes);
+                }
+            }
+        }
+        compare(&format!("split matmul {ty}"), &path);
+
+        let mut b = Builder::new(12);
+        let table = b.weight(ty, &[k.into(), VOCAB.into()]);
+        let out = b.alloc(k.into());
+        b.steps.push(Step {
+            kernel: Kernel::Embed { n: k },
+            inputs: vec![
+                table,
+                Buf::Arena {
+                    offset: 0,
+                    row_bytes: 32,
+                },
+            ],
+            output: out,
+        });
+        compare(
+            &format!("split embed {ty}"),
+            &b.finish_with_max_binding(
+                out,
+                k,
+                KvLayout {
+                    bytes: 0,
+                    layers: vec![],
+                },
+                100 * row_bytes,
+            ),
         );
     }
 }

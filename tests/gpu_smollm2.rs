@@ -69,3 +69,31 @@ fn gpu_and_cpu_generate_the_same_greedy_tokens() {
         assert_eq!(stats.bytes_read_back, 49152 * 4);
     }
 }
+
+#[test]
+fn gpu_top_k_candidates_equal_the_cpu_ones() {
+    if !gpu_available() {
+        return;
+    }
+    let plan = LoadedPlan::open(&compiled_plan(MODEL, &["--ctx", "512"])).unwrap();
+    let mut cpu = Session::new(&plan, 2).unwrap();
+    let mut gpu = GpuSession::new(&plan).unwrap();
+    let prompt = ids_of(&golden(MODEL)["cases"][0]["prompt_ids"]);
+    for k in [1usize, 2, 40, 104] {
+        let (mut a, mut b) = (Vec::with_capacity(49152), Vec::with_capacity(49152));
+        cpu.reset();
+        gpu.reset();
+        let lse_cpu = cpu.eval_top(&prompt, k, &mut a).unwrap();
+        let lse_gpu = gpu.eval_top(&prompt, k, &mut b).unwrap();
+        let ids = |v: &[(u32, f32)]| v.iter().map(|c| c.0).collect::<Vec<_>>();
+        assert_eq!(ids(&b), ids(&a), "k = {k}");
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x.1 - y.1).abs() < 1e-3, "k = {k}: {x:?} vs {y:?}");
+        }
+        assert!(
+            (lse_cpu - lse_gpu).abs() < 1e-3,
+            "k = {k}: lse {lse_cpu} vs {lse_gpu}"
+        );
+        assert_eq!(gpu.last_step.bytes_read_back, (2 * k as u64 + 1) * 4);
+    }
+}

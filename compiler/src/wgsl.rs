@@ -20,6 +20,8 @@ pub const OFFSET_ALIGN: u64 = 256;
 const WORKGROUP: u32 = 64;
 /// Tokens each matmul invocation handles (`TILE` in shaders/matmul.wgsl).
 const MATMUL_TILE: u32 = 8;
+/// Most candidates the GPU top-k kernel returns.
+pub const MAX_TOP_K: u32 = 1024;
 
 #[derive(Debug, Error)]
 pub enum GpuError {
@@ -51,6 +53,7 @@ fn shader(name: &str) -> &'static str {
         "rope" => include_str!("../../shaders/rope.wgsl"),
         "kv_store" => include_str!("../../shaders/kv_store.wgsl"),
         "attention" => include_str!("../../shaders/attention.wgsl"),
+        "top_k" => include_str!("../../shaders/top_k.wgsl"),
         other => unreachable!("no shader {other}"),
     }
 }
@@ -97,7 +100,12 @@ fn module(op: &str, weight: Option<GgmlType>, consts: &[(&str, Const)]) -> Strin
     src.push_str(shader("common"));
     if let Some(ty) = weight {
         src.push_str(include_str!("../../shaders/weights/bytes.wgsl"));
-        src.push_str(weight_decoder(ty).expect("checked by the caller"));
+        let decoder = weight_decoder(ty).expect("checked by the caller");
+        src.push_str(decoder);
+        // Only types with a per-block offset define it; the matmul kernel names it regardless.
+        if !decoder.contains("fn weight_min") {
+            src.push_str("\nfn weight_min(r: u32, i: u32) -> f32 {\n    return 0.0;\n}\n");
+        }
     }
     src.push_str(shader(op));
     src
@@ -149,6 +157,7 @@ pub fn to_msl(wgsl: &str) -> Result<String, String> {
 
 struct Emitter<'a> {
     h: &'a PlanHeader,
+    max_binding: u64,
     kernels: Vec<GpuKernel>,
     index: HashMap<String, u32>,
     dispatches: Vec<GpuDispatch>,
@@ -229,7 +238,7 @@ impl Emitter<'_> {
             u64::from(WORKGROUP),
             OFFSET_ALIGN / gcd(row_bytes, OFFSET_ALIGN),
         );
-        let per_part = (MAX_BINDING_BYTES / row_bytes) / align_rows * align_rows;
+        let per_part = (self.max_binding / row_bytes) / align_rows * align_rows;
         if per_part == 0 {
             return Err(GpuError::RowTooLarge {
                 step,
@@ -300,12 +309,20 @@ impl Emitter<'_> {
             Kernel::MatMul { k, n } => {
                 let (ty, row_bytes, parts) = self.weight_parts(i, io(1))?;
                 for (n0, np, binding) in parts {
+                    let (act, ablock) = match llamart::cpu::dot::ActFormat::for_weight(ty) {
+                        None => (0, 1),
+                        Some(llamart::cpu::dot::ActFormat::Q8_0) => (1, 32),
+                        Some(llamart::cpu::dot::ActFormat::Q8_1) => (3, 32),
+                        Some(llamart::cpu::dot::ActFormat::Q8K) => (2, 256),
+                    };
                     let consts = [
                         ("K", Const::U(k.into())),
                         ("N", Const::U(n.into())),
                         ("N0", Const::U(n0)),
                         ("NP", Const::U(np)),
                         ("ROW_BYTES", Const::U(row_bytes)),
+                        ("ACT", Const::U(act)),
+                        ("ABLOCK", Const::U(ablock)),
                     ];
                     let kern = self.kernel(
                         i,
@@ -473,6 +490,11 @@ fn lcm(a: u64, b: u64) -> u64 {
     a / gcd(a, b) * b
 }
 
+/// The top-k kernel's output: ids, logits and the log-sum-exp.
+pub fn candidates_bytes() -> u64 {
+    (2 * u64::from(MAX_TOP_K) + 1) * 4
+}
+
 /// Attention scores: one row of `ctx` values per head and token of a step.
 fn scratch_bytes(h: &PlanHeader) -> u64 {
     let heads = h.steps.iter().filter_map(|s| match s.kernel {
@@ -484,8 +506,18 @@ fn scratch_bytes(h: &PlanHeader) -> u64 {
 
 /// The GPU form of the plan's steps.
 pub fn gpu_section(h: &PlanHeader) -> Result<GpuSection, GpuError> {
+    gpu_section_with_max_binding(h, MAX_BINDING_BYTES)
+}
+
+/// `gpu_section` for a device whose storage bindings hold at most `max_binding` bytes (tests use
+/// small values to exercise the splitting of weights).
+pub fn gpu_section_with_max_binding(
+    h: &PlanHeader,
+    max_binding: u64,
+) -> Result<GpuSection, GpuError> {
     let mut e = Emitter {
         h,
+        max_binding,
         kernels: Vec::new(),
         index: HashMap::new(),
         dispatches: Vec::new(),
@@ -493,6 +525,28 @@ pub fn gpu_section(h: &PlanHeader) -> Result<GpuSection, GpuError> {
     for i in 0..h.steps.len() {
         e.step(i)?;
     }
+    let consts = [
+        ("N_VOCAB", Const::U(h.model.n_vocab.into())),
+        ("MAX_K", Const::U(MAX_TOP_K.into())),
+    ];
+    let top_k_kernel = e.kernel(
+        h.steps.len(),
+        format!("top_k_{}", h.model.n_vocab),
+        module("top_k", None, &consts),
+    )?;
+    let top_k = GpuDispatch {
+        step: h.steps.len() as u32,
+        kernel: top_k_kernel,
+        bindings: vec![
+            e.arena(&h.logits),
+            GpuBinding::Candidates {
+                offset: 0,
+                size: candidates_bytes(),
+            },
+        ],
+        groups_x: 1,
+        tokens_per_group: u32::MAX,
+    };
     let binding_bytes = e
         .dispatches
         .iter()
@@ -501,7 +555,8 @@ pub fn gpu_section(h: &PlanHeader) -> Result<GpuSection, GpuError> {
             GpuBinding::Weight { size, .. }
             | GpuBinding::Arena { size, .. }
             | GpuBinding::Kv { size, .. }
-            | GpuBinding::Scratch { size, .. } => size,
+            | GpuBinding::Scratch { size, .. }
+            | GpuBinding::Candidates { size, .. } => size,
         })
         .max()
         .unwrap_or(0);
@@ -525,8 +580,9 @@ pub fn gpu_section(h: &PlanHeader) -> Result<GpuSection, GpuError> {
                 .max()
                 .unwrap_or(1)
                 .max(h.limits.max_batch),
-            workgroup_size: WORKGROUP,
-            workgroup_storage_bytes: WORKGROUP * 4,
+            // The top-k kernel: 256 invocations, two arrays of 256 words.
+            workgroup_size: 256,
+            workgroup_storage_bytes: 2 * 256 * 4,
             storage_buffers_per_stage: e
                 .dispatches
                 .iter()
@@ -535,8 +591,16 @@ pub fn gpu_section(h: &PlanHeader) -> Result<GpuSection, GpuError> {
                 .unwrap_or(0),
             offset_alignment: OFFSET_ALIGN,
         },
-        memory_bytes: weights + h.arena.bytes + h.kv.bytes + scratch + 16 + logits_bytes,
+        memory_bytes: weights
+            + h.arena.bytes
+            + h.kv.bytes
+            + scratch
+            + 16
+            + logits_bytes
+            + candidates_bytes(),
         scratch_bytes: scratch,
+        top_k,
+        max_top_k: MAX_TOP_K,
         kernels: e.kernels,
         dispatches: e.dispatches,
     })

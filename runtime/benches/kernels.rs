@@ -8,7 +8,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use llamart::cpu::dot::{ActFormat, Kernels, Level, QuantActs};
+use llamart::cpu::dot::{pack, ActFormat, Kernels, Level, QuantActs};
 use llamart::cpu::MatMul;
 use llamart::GgmlType;
 
@@ -51,7 +51,7 @@ fn levels() -> Vec<Kernels> {
 /// One thread, one kernel call over all rows: the kernels' own speed.
 fn tiles(c: &mut Criterion) {
     for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
-        let format = ActFormat::for_weight(ty).unwrap();
+        let format = ActFormat::vec_dot_type(ty).unwrap();
         for (k, n) in SHAPES {
             let w = weights(ty, k, n);
             let row_bytes = w.len() / n;
@@ -72,13 +72,24 @@ fn tiles(c: &mut Criterion) {
                     group.bench_function(
                         BenchmarkId::from_parameter(format!("{:?}", kernels.level)),
                         |b| {
-                            // SAFETY: the view holds n_tokens rows of k values in ty's format, and y
-                            // n_tokens rows of n outputs.
+                            // SAFETY: the view holds n_tokens rows of k values in ty's format,
+                            // and y n_tokens rows of n outputs.
                             b.iter(|| unsafe {
                                 tile(black_box(&w), row_bytes, &view, y.as_mut_ptr(), n)
                             })
                         },
                     );
+                    if let Some(kernel) = kernels.packed(ty) {
+                        let p = pack::pack(ty, &w, k, n, |n, f| (0..n).for_each(f)).unwrap();
+                        let id = format!("{:?}-packed", kernels.level);
+                        group.bench_function(BenchmarkId::from_parameter(id), |b| {
+                            // SAFETY: as above, with weights packed for ty.
+                            b.iter(|| unsafe {
+                                let packed = black_box(p.groups(0..p.groups));
+                                kernel(packed, &view, y.as_mut_ptr(), n)
+                            })
+                        });
+                    }
                 }
                 group.finish();
             }
@@ -124,8 +135,9 @@ fn products(c: &mut Criterion) {
                 let mut y = vec![0.0f32; n * n_tokens];
                 for threads in [1, 2] {
                     let mut mm = MatMul::new(threads, k, n_tokens, &[ty]).unwrap();
+                    mm.prepare(0, ty, &w, k, n);
                     group.bench_function(BenchmarkId::new("threads", threads), |b| {
-                        b.iter(|| mm.run(ty, black_box(&w), &x, &mut y, k, n))
+                        b.iter(|| mm.run(0, ty, black_box(&w), &x, &mut y, k, n))
                     });
                 }
                 group.finish();

@@ -33,19 +33,22 @@ pub fn log_sum_exp(row: &[f32]) -> f64 {
 
 /// The `n` largest logits as (id, logit), largest first, ties to the lower id.
 pub fn top_logits(row: &[f32], n: usize) -> Vec<(u32, f32)> {
-    let mut all: Vec<(u32, f32)> = row
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (i as u32, l))
-        .collect();
+    let mut out = Vec::with_capacity(row.len());
+    top_logits_into(row, n, &mut out);
+    out
+}
+
+/// `top_logits` into `out`, which needs room for the whole row to work without allocating.
+pub fn top_logits_into(row: &[f32], n: usize, out: &mut Vec<(u32, f32)>) {
+    out.clear();
+    out.extend(row.iter().enumerate().map(|(i, &l)| (i as u32, l)));
     let by = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    let n = n.min(all.len());
-    if n > 0 && n < all.len() {
-        all.select_nth_unstable_by(n - 1, by);
+    let n = n.min(out.len());
+    if n > 0 && n < out.len() {
+        out.select_nth_unstable_by(n - 1, by);
     }
-    all.truncate(n);
-    all.sort_unstable_by(by);
-    all
+    out.truncate(n);
+    out.sort_unstable_by(by);
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -117,6 +120,8 @@ pub struct Generated {
 }
 
 /// Prefills `prompt` and samples up to `max_new` tokens, calling `on_token` for each as it comes.
+/// When the sampler can decide from the best candidates, only those leave the backend (on the
+/// GPU: a few hundred bytes a token instead of the whole row).
 #[allow(clippy::too_many_arguments)]
 pub fn generate(
     session: &mut dyn Evaluator,
@@ -130,15 +135,38 @@ pub fn generate(
     mut on_token: impl FnMut(u32),
 ) -> Result<Generated, EvalError> {
     let start = std::time::Instant::now();
-    let mut last = vec![0f32; n_vocab];
-    eval_all(session, prompt, max_batch, n_vocab, |pos, row| {
-        if pos + 1 == prompt.len() {
-            last.copy_from_slice(row);
-        }
-    })?;
+    let needed = sampler.candidates_needed();
+    let mut row = vec![0f32; n_vocab];
+    let mut candidates: Vec<(u32, f32)> = Vec::with_capacity(n_vocab);
+    let (init, last) = prompt.split_at(prompt.len() - prompt.len() % max_batch.max(1));
+    let (init, last) = if last.is_empty() {
+        init.split_at(init.len() - max_batch.min(init.len()))
+    } else {
+        (init, last)
+    };
+    for chunk in init.chunks(max_batch) {
+        session.eval(chunk)?;
+    }
+    let mut step = |session: &mut dyn Evaluator,
+                    tokens: &[u32],
+                    sampler: &mut Sampler|
+     -> Result<u32, EvalError> {
+        Ok(match needed {
+            Some(k) => {
+                session.eval_top(tokens, k, &mut candidates)?;
+                sampler.sample_candidates(&candidates)
+            }
+            None => {
+                let logits = session.eval(tokens)?;
+                row.copy_from_slice(&logits[logits.len() - n_vocab..]);
+                sampler.sample(&row)
+            }
+        })
+    };
     for &t in prompt {
         sampler.accept(t);
     }
+    let mut next = step(session, last, sampler)?;
     let mut out = Generated {
         prompt_seconds: start.elapsed().as_secs_f64(),
         stop: "length",
@@ -146,7 +174,6 @@ pub fn generate(
     };
     let start = std::time::Instant::now();
     while out.ids.len() < max_new {
-        let next = sampler.sample(&last);
         if is_end(next) {
             out.stop = "eos";
             break;
@@ -161,7 +188,7 @@ pub fn generate(
             out.stop = "context";
             break;
         }
-        last.copy_from_slice(session.eval(&[next])?);
+        next = step(session, &[next], sampler)?;
     }
     out.generate_seconds = start.elapsed().as_secs_f64();
     Ok(out)
@@ -191,6 +218,20 @@ pub trait Evaluator {
     fn n_past(&self) -> usize;
     /// Which backend this is, for reports.
     fn backend(&self) -> &'static str;
+    /// Evaluates `tokens` and puts the last token's `k` largest logits (largest first) in `out`
+    /// (capacity for a whole row avoids allocation); returns that row's log-sum-exp. The GPU does
+    /// this on the device and reads back only the candidates.
+    fn eval_top(
+        &mut self,
+        tokens: &[u32],
+        k: usize,
+        out: &mut Vec<(u32, f32)>,
+    ) -> Result<f64, EvalError> {
+        let logits = self.eval(tokens)?;
+        let row = &logits[logits.len() / tokens.len() * (tokens.len() - 1)..];
+        top_logits_into(row, k, out);
+        Ok(log_sum_exp(row))
+    }
     /// What the last step cost on the GPU (the CPU reports nothing).
     fn gpu_step_stats(&self) -> Option<crate::gpu::StepStats> {
         None
@@ -227,5 +268,13 @@ impl Evaluator for crate::gpu::GpuSession<'_> {
     }
     fn gpu_step_stats(&self) -> Option<crate::gpu::StepStats> {
         Some(self.last_step)
+    }
+    fn eval_top(
+        &mut self,
+        tokens: &[u32],
+        k: usize,
+        out: &mut Vec<(u32, f32)>,
+    ) -> Result<f64, EvalError> {
+        crate::gpu::GpuSession::eval_top(self, tokens, k, out)
     }
 }

@@ -122,20 +122,52 @@ impl Sampler {
         self.counts[token as usize] += 1;
     }
 
+    /// How many of the largest logits `sample_candidates` needs to decide exactly as `sample`
+    /// would on the whole row, or `None` when it needs the whole row (no top-k, or penalties that
+    /// can raise a logit). Penalties only lower the logits of at most `penalty_last_n` tokens, so
+    /// the top k after them lie within the top k + penalty_last_n before.
+    pub fn candidates_needed(&self) -> Option<usize> {
+        let p = &self.params;
+        let k = if p.temperature <= 0.0 { 1 } else { p.top_k };
+        if k == 0 || p.repeat_penalty < 1.0 || p.frequency_penalty < 0.0 || p.presence_penalty < 0.0
+        {
+            return None;
+        }
+        Some(
+            k + if self.penalizes() {
+                p.penalty_last_n
+            } else {
+                0
+            },
+        )
+    }
+
+    fn penalizes(&self) -> bool {
+        let p = &self.params;
+        p.repeat_penalty != 1.0 || p.frequency_penalty != 0.0 || p.presence_penalty != 0.0
+    }
+
     /// Picks the next token from one row of logits.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        let p = &self.params;
         self.candidates.clear();
         self.candidates
             .extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
-        let penalize =
-            p.repeat_penalty != 1.0 || p.frequency_penalty != 0.0 || p.presence_penalty != 0.0;
-        if penalize {
-            for &t in &self.recent {
-                let c = self.counts[t as usize];
-                let l = &mut self.candidates[t as usize].1;
-                // A token repeated in the window is visited once per occurrence; penalize once.
-                if c == 0 || l.is_nan() {
+        self.pick()
+    }
+
+    /// Picks the next token from the row's largest logits, at least `candidates_needed()` of them.
+    pub fn sample_candidates(&mut self, candidates: &[(u32, f32)]) -> u32 {
+        self.candidates.clear();
+        self.candidates.extend_from_slice(candidates);
+        self.pick()
+    }
+
+    fn pick(&mut self) -> u32 {
+        let p = &self.params;
+        if self.penalizes() {
+            for (id, l) in self.candidates.iter_mut() {
+                let c = self.counts[*id as usize];
+                if c == 0 {
                     continue;
                 }
                 *l = if *l > 0.0 {
@@ -144,10 +176,6 @@ impl Sampler {
                     *l * p.repeat_penalty
                 };
                 *l -= c as f32 * p.frequency_penalty + p.presence_penalty;
-                self.counts[t as usize] = 0;
-            }
-            for &t in &self.recent {
-                self.counts[t as usize] += 1;
             }
         }
         if p.temperature <= 0.0 {
@@ -205,10 +233,11 @@ impl Sampler {
     }
 }
 
+/// The largest logit; among equal ones the lowest id, whatever order the candidates come in.
 fn greedy(candidates: &[(u32, f32)]) -> u32 {
     let mut best = candidates[0];
     for &c in &candidates[1..] {
-        if c.1 > best.1 {
+        if c.1 > best.1 || (c.1 == best.1 && c.0 < best.0) {
             best = c;
         }
     }
@@ -327,5 +356,65 @@ mod tests {
         fn sample_once(mut self, l: &[f32]) -> u32 {
             self.sample(l)
         }
+    }
+
+    /// From the top candidates_needed() logits, every setting picks what it picks from the row.
+    #[test]
+    fn candidates_decide_like_the_whole_row() {
+        let row: Vec<f32> = (0..500).map(|i| ((i * 7919) % 500) as f32 / 37.0).collect();
+        let settings = [
+            SamplingParams::greedy(),
+            SamplingParams {
+                temperature: 0.9,
+                seed: 3,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: 0.0,
+                repeat_penalty: 1.3,
+                penalty_last_n: 8,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: 1.1,
+                top_k: 20,
+                top_p: 0.8,
+                repeat_penalty: 1.2,
+                frequency_penalty: 0.1,
+                presence_penalty: 0.1,
+                penalty_last_n: 6,
+                seed: 9,
+                ..Default::default()
+            },
+        ];
+        for params in settings {
+            let (mut whole, mut partial) = (
+                Sampler::new(params.clone(), 500),
+                Sampler::new(params.clone(), 500),
+            );
+            let k = partial
+                .candidates_needed()
+                .expect("these settings work from candidates");
+            for step in 0..30 {
+                let mut row = row.clone();
+                row.rotate_left(step * 13);
+                let a = whole.sample(&row);
+                let b = partial.sample_candidates(&crate::eval::top_logits(&row, k));
+                assert_eq!(a, b, "{params:?} step {step}");
+                whole.accept(a);
+                partial.accept(b);
+            }
+        }
+        let no_top_k = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            ..Default::default()
+        };
+        assert_eq!(Sampler::new(no_top_k, 10).candidates_needed(), None);
+        let raising = SamplingParams {
+            repeat_penalty: 0.8,
+            ..Default::default()
+        };
+        assert_eq!(Sampler::new(raising, 10).candidates_needed(), None);
     }
 }

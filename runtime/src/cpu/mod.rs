@@ -92,7 +92,7 @@ pub struct Session<'p> {
     /// Per worker thread: attention scores (ctx values).
     scratch: Vec<std::sync::Mutex<matmul::Scratch>>,
     pool: rayon::ThreadPool,
-    /// The matrix products' threads, kernels and quantized-activation buffers.
+    /// The matrix products' threads, kernels, quantized-activation buffers and packed weights.
     matmul: matmul::MatMul,
     n_past: usize,
     /// Only ever non-zero in the test that proves the prefill/decode check can fail.
@@ -140,13 +140,22 @@ impl<'p> Session<'p> {
         let scratch = (0..threads + 1)
             .map(|_| std::sync::Mutex::new(matmul::Scratch::new(ctx)))
             .collect();
-        let matmul =
+        let mut matmul =
             matmul::MatMul::new(threads, max_k, max_batch, &matmul_types).map_err(|e| {
                 LoadError::Threads {
                     threads,
                     why: e.to_string(),
                 }
             })?;
+        for step in &h.steps {
+            if let Kernel::MatMul { k, n } = step.kernel {
+                let Buf::Weight(w) = step.inputs[1] else {
+                    unreachable!("validated")
+                };
+                let ty = h.weights[w as usize].ty;
+                matmul.prepare(w as usize, ty, plan.weight(w), k as usize, n as usize);
+            }
+        }
         Ok(Session {
             plan,
             arena: Arena::new(h.arena.bytes),
@@ -281,8 +290,8 @@ impl<'p> Session<'p> {
                 let ty = plan.header.weights[w as usize].ty;
                 let x = read(&step.inputs[0], k as usize);
                 let y = write(n as usize);
-                self.matmul
-                    .run(ty, plan.weight(w), x, y, k as usize, n as usize);
+                let (k, n) = (k as usize, n as usize);
+                self.matmul.run(w as usize, ty, plan.weight(w), x, y, k, n);
             }
             Kernel::Add { n, broadcast } => kernels::binary(
                 read(&step.inputs[0], n as usize),

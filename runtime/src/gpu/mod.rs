@@ -76,8 +76,12 @@ pub struct GpuSession<'p> {
     params: wgpu::Buffer,
     arena: wgpu::Buffer,
     readback: wgpu::Buffer,
+    candidates: wgpu::Buffer,
     pipelines: Vec<wgpu::ComputePipeline>,
     bind_groups: Vec<wgpu::BindGroup>,
+    top_k_bind_group: wgpu::BindGroup,
+    /// The top-k kernel's output as read back: ids, logits (bits), log-sum-exp (bits).
+    candidate_words: Vec<u32>,
     logits: Vec<f32>,
     n_past: usize,
     pub last_step: StepStats,
@@ -193,6 +197,13 @@ impl<'p> GpuSession<'p> {
             logits_len as u64 * 4,
             U::MAP_READ | U::COPY_DST,
         );
+        let candidate_words = 2 * gpu.max_top_k as usize + 1;
+        let candidates = buffer(
+            &device,
+            "top-k candidates",
+            candidate_words as u64 * 4,
+            storage,
+        );
         let weights: Vec<wgpu::Buffer> = (0..h.weights.len() as u32)
             .map(|i| {
                 let bytes = plan.weight(i);
@@ -232,8 +243,8 @@ impl<'p> GpuSession<'p> {
                 })
             })
             .collect();
-        let mut bind_groups = Vec::with_capacity(gpu.dispatches.len());
-        for d in &gpu.dispatches {
+        let mut bind_groups = Vec::with_capacity(gpu.dispatches.len() + 1);
+        for d in gpu.dispatches.iter().chain([&gpu.top_k]) {
             let pipeline = pipelines
                 .get(d.kernel as usize)
                 .ok_or_else(|| GpuError::Runtime {
@@ -254,6 +265,7 @@ impl<'p> GpuSession<'p> {
                     GpuBinding::Arena { offset, size } => (&arena, offset, size),
                     GpuBinding::Kv { offset, size } => (&kv, offset, size),
                     GpuBinding::Scratch { offset, size } => (&scratch, offset, size),
+                    GpuBinding::Candidates { offset, size } => (&candidates, offset, size),
                 };
                 if offset + size > buf.size() {
                     return Err(GpuError::Runtime {
@@ -280,6 +292,9 @@ impl<'p> GpuSession<'p> {
                 entries: &entries,
             }));
         }
+        let top_k_bind_group = bind_groups
+            .pop()
+            .expect("the top-k dispatch was added last");
         // Surface validation errors from pipeline and bind group creation now, not at first use.
         device
             .poll(wgpu::PollType::wait_indefinitely())
@@ -295,8 +310,11 @@ impl<'p> GpuSession<'p> {
             params,
             arena,
             readback,
+            candidates,
             pipelines,
             bind_groups,
+            top_k_bind_group,
+            candidate_words: vec![0; candidate_words],
             logits: vec![0.0; logits_len],
             n_past: 0,
             last_step: StepStats::default(),
@@ -313,6 +331,52 @@ impl<'p> GpuSession<'p> {
 
     /// Evaluates `tokens` after the cached ones; returns one row of logits per token.
     pub fn eval(&mut self, tokens: &[u32]) -> Result<&[f32], EvalError> {
+        let n_vocab = self.plan.header.model.n_vocab as usize;
+        let bytes = self.run(tokens, None)?;
+        let words = bytes as usize / 4;
+        let slice = self.readback.slice(..bytes);
+        let logits = &mut self.logits[..words];
+        map_and_copy(&self.device, &slice, |view| {
+            logits.copy_from_slice(bytemuck::cast_slice(view))
+        })?;
+        self.readback.unmap();
+        debug_assert_eq!(words, tokens.len() * n_vocab);
+        Ok(&self.logits[..words])
+    }
+
+    /// Evaluates `tokens` and returns the last token's `k` largest logits, found on the device,
+    /// in `out`; only those and the log-sum-exp are read back.
+    pub fn eval_top(
+        &mut self,
+        tokens: &[u32],
+        k: usize,
+        out: &mut Vec<(u32, f32)>,
+    ) -> Result<f64, EvalError> {
+        let max = self.plan.header.gpu.max_top_k as usize;
+        if k > max {
+            // More candidates than the kernel returns: take the whole row instead.
+            let row_len = self.plan.header.model.n_vocab as usize;
+            let logits = self.eval(tokens)?;
+            let row = &logits[logits.len() - row_len..];
+            crate::eval::top_logits_into(row, k, out);
+            return Ok(crate::eval::log_sum_exp(row));
+        }
+        let bytes = self.run(tokens, Some(k as u32))?;
+        let words = &mut self.candidate_words[..bytes as usize / 4];
+        // `run` copied the candidates into the readback buffer.
+        let slice = self.readback.slice(..bytes);
+        map_and_copy(&self.device, &slice, |view| {
+            words.copy_from_slice(bytemuck::cast_slice(view))
+        })?;
+        self.readback.unmap();
+        out.clear();
+        out.extend((0..k).map(|i| (words[i], f32::from_bits(words[k + i]))));
+        Ok(f64::from(f32::from_bits(words[2 * k])))
+    }
+
+    /// Records and submits one step: all dispatches in one pass, then either the logits rows or
+    /// the top-k candidates copied to the readback buffer. Returns the bytes to read back.
+    fn run(&mut self, tokens: &[u32], top_k: Option<u32>) -> Result<u64, EvalError> {
         let h = &self.plan.header;
         crate::cpu::check_step(h, self.n_past, tokens)?;
         let encode_start = std::time::Instant::now();
@@ -322,7 +386,7 @@ impl<'p> GpuSession<'p> {
         };
         self.queue
             .write_buffer(&self.arena, ids_at, bytemuck::cast_slice(tokens));
-        let params = [n as u32, self.n_past as u32, 0, 0];
+        let params = [n as u32, self.n_past as u32, top_k.unwrap_or(0), 0];
         self.queue
             .write_buffer(&self.params, 0, bytemuck::cast_slice(&params));
         let mut encoder = self
@@ -340,38 +404,56 @@ impl<'p> GpuSession<'p> {
                 pass.set_bind_group(0, bg, &[]);
                 pass.dispatch_workgroups(d.groups_x, (n as u32).div_ceil(d.tokens_per_group), 1);
             }
+            if top_k.is_some() {
+                pass.set_pipeline(&self.pipelines[h.gpu.top_k.kernel as usize]);
+                pass.set_bind_group(0, &self.top_k_bind_group, &[]);
+                pass.dispatch_workgroups(1, 1, 1);
+            }
         }
-        let Buf::Arena {
-            offset: logits_at, ..
-        } = h.logits
-        else {
-            unreachable!("validated")
+        let bytes = match top_k {
+            Some(k) => {
+                let bytes = (2 * u64::from(k) + 1) * 4;
+                encoder.copy_buffer_to_buffer(&self.candidates, 0, &self.readback, 0, bytes);
+                bytes
+            }
+            None => {
+                let Buf::Arena {
+                    offset: logits_at, ..
+                } = h.logits
+                else {
+                    unreachable!("validated")
+                };
+                let bytes = (n * h.model.n_vocab as usize * 4) as u64;
+                encoder.copy_buffer_to_buffer(&self.arena, logits_at, &self.readback, 0, bytes);
+                bytes
+            }
         };
-        let bytes = (n * h.model.n_vocab as usize * 4) as u64;
-        encoder.copy_buffer_to_buffer(&self.arena, logits_at, &self.readback, 0, bytes);
         self.queue.submit([encoder.finish()]);
-        let encode_nanos = encode_start.elapsed().as_nanos() as u64;
-
-        let slice = self.readback.slice(..bytes);
-        slice.map_async(wgpu::MapMode::Read, |_| {});
-        if let Err(e) = self.device.poll(wgpu::PollType::wait_indefinitely()) {
-            return Err(EvalError::Device(e.to_string()));
-        }
-        {
-            let view = slice
-                .get_mapped_range()
-                .map_err(|e| EvalError::Device(e.to_string()))?;
-            self.logits[..bytes as usize / 4].copy_from_slice(bytemuck::cast_slice(&view));
-        }
-        self.readback.unmap();
         self.n_past += n;
         self.last_step = StepStats {
             submits: 1,
             compute_passes: 1,
-            dispatches: h.gpu.dispatches.len() as u32,
+            dispatches: h.gpu.dispatches.len() as u32 + u32::from(top_k.is_some()),
             bytes_read_back: bytes,
-            encode_nanos,
+            encode_nanos: encode_start.elapsed().as_nanos() as u64,
         };
-        Ok(&self.logits[..bytes as usize / 4])
+        Ok(bytes)
     }
+}
+
+/// Maps `slice` for reading, waits for the GPU, and hands the bytes to `copy`.
+fn map_and_copy(
+    device: &wgpu::Device,
+    slice: &wgpu::BufferSlice,
+    copy: impl FnOnce(&[u8]),
+) -> Result<(), EvalError> {
+    slice.map_async(wgpu::MapMode::Read, |_| {});
+    device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| EvalError::Device(e.to_string()))?;
+    let view = slice
+        .get_mapped_range()
+        .map_err(|e| EvalError::Device(e.to_string()))?;
+    copy(&view);
+    Ok(())
 }

@@ -39,6 +39,10 @@ pub struct PlanHeader {
 pub struct GpuSection {
     pub kernels: Vec<GpuKernel>,
     pub dispatches: Vec<GpuDispatch>,
+    /// Run after the step's dispatches when only the last token's best candidates are wanted
+    /// (sampling): writes at most `max_top_k` (id, logit) pairs and the log-sum-exp.
+    pub top_k: GpuDispatch,
+    pub max_top_k: u32,
     /// Attention scores scratch, bytes.
     pub scratch_bytes: u64,
     pub requirements: GpuRequirements,
@@ -52,7 +56,7 @@ pub struct GpuKernel {
     pub wgsl: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct GpuDispatch {
     /// The schedule step this dispatch belongs to.
     pub step: u32,
@@ -66,10 +70,28 @@ pub struct GpuDispatch {
 /// A storage binding: a byte range of one of the GPU buffers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GpuBinding {
-    Weight { index: u32, offset: u64, size: u64 },
-    Arena { offset: u64, size: u64 },
-    Kv { offset: u64, size: u64 },
-    Scratch { offset: u64, size: u64 },
+    Weight {
+        index: u32,
+        offset: u64,
+        size: u64,
+    },
+    Arena {
+        offset: u64,
+        size: u64,
+    },
+    Kv {
+        offset: u64,
+        size: u64,
+    },
+    Scratch {
+        offset: u64,
+        size: u64,
+    },
+    /// The small buffer the top-k kernel writes and the host reads back.
+    Candidates {
+        offset: u64,
+        size: u64,
+    },
 }
 
 /// What a device must offer to run the GPU form.

@@ -1,8 +1,9 @@
 //! Plain-Rust quantized dot products, one weight row and one token at a time.
 //!
-//! The formulas are ggml's `ggml_vec_dot_*_generic`, with one change shared by all levels: the
-//! offset term of Q4_1/Q5_1 uses the exact `d * sum(qs)` of the activation block rather than Q8_1's
-//! f16-rounded `s`. This is the reference the SIMD levels are tested against.
+//! The formulas are ggml's `ggml_vec_dot_*_generic`, arranged as every level computes them: each
+//! weight is `d * q + offset` with an unsigned quant `q`, and the offset multiplies the
+//! activation block's sum (see [`super::ActView`]). This is the reference the SIMD levels are
+//! tested against.
 
 use bytemuck::Pod;
 
@@ -22,6 +23,12 @@ pub(super) const KERNELS: Kernels = Kernels {
     q4_k: tile_q4_k,
     q5_k: tile_q5_k,
     q6_k: tile_q6_k,
+    // One row at a time is all plain Rust does well; the packed layout is for SIMD lanes.
+    packed_q4_0: None,
+    packed_q4_1: None,
+    packed_q5_0: None,
+    packed_q5_1: None,
+    packed_q8_0: None,
 };
 
 /// Block `b` of a weight row, read from bytes at any alignment.
@@ -72,7 +79,7 @@ fn dot_u8(q: &[u8; QK], y: &[i8; QK]) -> i32 {
 
 /// A legacy (32-value) kernel: `block` gives a weight block's unsigned quants, its scale and the
 /// value each quant is offset by (`m`, or `-8 d` / `-16 d` for the symmetric types), which
-/// multiplies the activation block's exact sum.
+/// multiplies the activation block's sum `s`.
 macro_rules! legacy_tile {
     ($name:ident, $block:ty, $act:ty, |$w:ident| $decode:expr) => {
         /// See [`super::TileFn`].

@@ -5,23 +5,31 @@
 //!
 //! - `dot_u8_i8(u, s) -> __m256i`: eight i32 sums of four `u8 * i8` products each;
 //! - `dot_i8_i8(a, s) -> __m256i`: the same for two signed operands;
-//! - `scales(a: i32, b: i32) -> __m256i`: signed sub-block scales (8 bits) in the layout `dot_scaled` wants,
-//!   `a` for the first 16 bytes of a 32-byte operand and `b` for the last 16;
+//! - `scales(a: i32, b: i32) -> __m256i`: signed sub-block scales (8 bits) in the layout
+//!   `dot_scaled` wants, `a` for the first 16 bytes of a 32-byte operand and `b` for the last 16;
 //! - `dot_scaled(u, s, scales) -> __m256i`: `dot_u8_i8` with each i32 multiplied by its scale;
-//! - `high_bits(qh) -> __m256i`: `0x10` in byte `i` where bit `i` of `qh` is set, else 0.
+//! - `high_bits(qh) -> __m256i`: `0x10` in byte `i` where bit `i` of `qh` is set, else 0;
+//! - `dot_acc(acc, u, s) -> __m256i`: `acc + dot_u8_i8(u, s)`, for unsigned operands up to 255
+//!   where `UNSIGNED_Q8` is true and up to 31 otherwise.
 //!
-//! Every kernel multiplies one weight row with `N` tokens at once (`N` = 1..=4), so at prefill a
-//! block is loaded and unpacked once for four tokens; the tile functions run the tokens in groups
-//! of four over a run of rows that stays in L1.
+//! Every row kernel multiplies one weight row with `N` tokens at once (`N` = 1..=4), so a block
+//! is loaded and unpacked once for up to four tokens; the tile functions run the tokens in groups
+//! of four over all their rows.
+//!
+//! The packed kernels (see [`super::pack`]) multiply eight interleaved rows with a token at
+//! once, one row per i32 lane: per block and token, eight `dot_acc`s and a few float operations
+//! for all eight rows.
 
 macro_rules! simd_kernels {
     ($features:literal, $level:expr) => {
         use std::arch::x86_64::*;
 
-        use crate::cpu::dot::{ActView, Kernels};
+        use crate::cpu::dot::{ActView, Kernels, Packed, PACK_ROWS};
         use crate::quant::{BlockQ8K, QK, QK_K};
+        use crate::GgmlType;
 
-        pub(in crate::cpu) const KERNELS: Kernels = Kernels {
+        /// The 256-bit kernels of this instruction set.
+        const SIMD256: Kernels = Kernels {
             level: $level,
             q4_0: tile_q4_0,
             q4_1: tile_q4_1,
@@ -31,6 +39,11 @@ macro_rules! simd_kernels {
             q4_k: tile_q4_k,
             q5_k: tile_q5_k,
             q6_k: tile_q6_k,
+            packed_q4_0: Some(packed_q4_0),
+            packed_q4_1: Some(packed_q4_1),
+            packed_q5_0: Some(packed_q5_0),
+            packed_q5_1: Some(packed_q5_1),
+            packed_q8_0: if UNSIGNED_Q8 { Some(packed_q8_0) } else { None },
         };
 
         /// Horizontal sum of eight f32 lanes.
@@ -66,49 +79,105 @@ macro_rules! simd_kernels {
             _mm256_loadu_si256(p.cast())
         }
 
-        /// A legacy (32-value block) row kernel. `$decode(block) -> (quants as u8, d, offset)`,
-        /// where the weight value is `d * q + offset`; the offset multiplies the activation
-        /// block's `d * sum(qs)`.
+        /// Adds the products of one legacy block with tokens `t0..t0 + N` to `acc` and `off`.
+        /// `q` holds the block's quants (unsigned, or signed where `SIGNED`), which `d` scales;
+        /// `offset` (every weight is `d * q + offset`) multiplies the activation block's sum.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn block_products<const N: usize, const ACT_BYTES: usize, const SIGNED: bool>(
+            (q, d, offset): (__m256i, f32, f32),
+            x: &ActView,
+            t0: usize,
+            b: usize,
+            acc: &mut [__m256; N],
+            off: &mut [f32; N],
+        ) {
+            let dv = _mm256_set1_ps(d);
+            for i in 0..N {
+                let j = (t0 + i) * x.nb + b;
+                let a = x
+                    .blocks
+                    .add((t0 + i) * x.row_bytes + b * ACT_BYTES + (ACT_BYTES - QK));
+                let p = if SIGNED {
+                    dot_i8_i8(q, load(a))
+                } else {
+                    dot_u8_i8(q, load(a))
+                };
+                let scale = _mm256_mul_ps(dv, _mm256_set1_ps(*x.d.add(j)));
+                acc[i] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[i]);
+                if !SIGNED {
+                    off[i] = offset.mul_add(*x.s.add(j), off[i]);
+                }
+            }
+        }
+
+        /// A legacy (32-value block) row kernel over `$decode(block) -> (quants, d, offset)`.
         macro_rules! legacy_row {
-            ($name:ident, $bytes:expr, $act_bytes:expr, |$blk:ident| $decode:expr) => {
+            ($name:ident, $bytes:expr, $act_bytes:expr, $signed:expr, $decode:ident) => {
                 #[inline]
                 #[target_feature(enable = $features)]
                 unsafe fn $name<const N: usize>(w: *const u8, x: &ActView, t0: usize) -> [f32; N] {
-                    // Two accumulators per token, for even and odd blocks, so one token's chain
-                    // of dependent FMAs does not bound the decode loop.
-                    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+                    // Two accumulators per token, for even and odd blocks, so that one token's
+                    // chain of dependent FMAs does not bound the loop.
+                    let mut acc = [[_mm256_setzero_ps(); N]; 2];
                     let mut off = [0.0f32; N];
-                    for pair in (0..x.nb).step_by(2) {
-                        for (h, b) in (pair..x.nb.min(pair + 2)).enumerate() {
-                            let $blk = w.add(b * $bytes);
-                            let (q, d, offset): (__m256i, f32, f32) = $decode;
-                            let dv = _mm256_set1_ps(d);
-                            for i in 0..N {
-                                let j = (t0 + i) * x.nb + b;
-                                let a = x.blocks.add(
-                                    (t0 + i) * x.row_bytes + b * $act_bytes + ($act_bytes - QK),
-                                );
-                                let p = _mm256_cvtepi32_ps(dot_u8_i8(q, load(a)));
-                                let scale = _mm256_mul_ps(dv, _mm256_set1_ps(*x.d.add(j)));
-                                acc[i][h] = _mm256_fmadd_ps(scale, p, acc[i][h]);
-                                off[i] += offset * *x.s.add(j);
-                            }
-                        }
+                    let mut b = 0;
+                    while b + 2 <= x.nb {
+                        let (q0, q1) =
+                            ($decode(w.add(b * $bytes)), $decode(w.add((b + 1) * $bytes)));
+                        block_products::<N, $act_bytes, $signed>(
+                            q0,
+                            x,
+                            t0,
+                            b,
+                            &mut acc[0],
+                            &mut off,
+                        );
+                        block_products::<N, $act_bytes, $signed>(
+                            q1,
+                            x,
+                            t0,
+                            b + 1,
+                            &mut acc[1],
+                            &mut off,
+                        );
+                        b += 2;
                     }
-                    std::array::from_fn(|i| hsum(_mm256_add_ps(acc[i][0], acc[i][1])) + off[i])
+                    if b < x.nb {
+                        let q = $decode(w.add(b * $bytes));
+                        block_products::<N, $act_bytes, $signed>(
+                            q,
+                            x,
+                            t0,
+                            b,
+                            &mut acc[0],
+                            &mut off,
+                        );
+                    }
+                    std::array::from_fn(|i| hsum(_mm256_add_ps(acc[0][i], acc[1][i])) + off[i])
                 }
             };
         }
 
-        legacy_row!(row_q4_0, 18, 34, |blk| {
+        /// A legacy block's quants as unsigned bytes in value order, its scale `d` and the value
+        /// every quant is offset by, so that a weight is `d * q + offset`.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn decode_q4_0(blk: *const u8) -> (__m256i, f32, f32) {
             let d = f16_pair(blk).0;
             (nibbles(blk.add(2)), d, -8.0 * d)
-        });
-        legacy_row!(row_q4_1, 20, 36, |blk| {
+        }
+
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn decode_q4_1(blk: *const u8) -> (__m256i, f32, f32) {
             let (d, m) = f16_pair(blk);
             (nibbles(blk.add(4)), d, m)
-        });
-        legacy_row!(row_q5_0, 22, 34, |blk| {
+        }
+
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn decode_q5_0(blk: *const u8) -> (__m256i, f32, f32) {
             let d = f16_pair(blk).0;
             let qh = blk.add(2).cast::<u32>().read_unaligned();
             (
@@ -116,33 +185,28 @@ macro_rules! simd_kernels {
                 d,
                 -16.0 * d,
             )
-        });
-        legacy_row!(row_q5_1, 24, 36, |blk| {
-            let (d, m) = f16_pair(blk);
-            let qh = blk.add(4).cast::<u32>().read_unaligned();
-            (_mm256_or_si256(nibbles(blk.add(8)), high_bits(qh)), d, m)
-        });
+        }
 
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn row_q8_0<const N: usize>(w: *const u8, x: &ActView, t0: usize) -> [f32; N] {
-            let mut acc = [[_mm256_setzero_ps(); 2]; N];
-            for pair in (0..x.nb).step_by(2) {
-                for (h, b) in (pair..x.nb.min(pair + 2)).enumerate() {
-                    let blk = w.add(b * 34);
-                    let dv = _mm256_set1_ps(f16_pair(blk).0);
-                    let q = load(blk.add(2));
-                    for i in 0..N {
-                        let a = x.blocks.add((t0 + i) * x.row_bytes + b * 34 + 2);
-                        let p = _mm256_cvtepi32_ps(dot_i8_i8(q, load(a)));
-                        let scale =
-                            _mm256_mul_ps(dv, _mm256_set1_ps(*x.d.add((t0 + i) * x.nb + b)));
-                        acc[i][h] = _mm256_fmadd_ps(scale, p, acc[i][h]);
-                    }
-                }
-            }
-            std::array::from_fn(|i| hsum(_mm256_add_ps(acc[i][0], acc[i][1])))
+        unsafe fn decode_q5_1(blk: *const u8) -> (__m256i, f32, f32) {
+            let (d, m) = f16_pair(blk);
+            let qh = blk.add(4).cast::<u32>().read_unaligned();
+            (_mm256_or_si256(nibbles(blk.add(8)), high_bits(qh)), d, m)
         }
+
+        /// Q8_0's quants are signed; they have no offset.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn decode_q8_0(blk: *const u8) -> (__m256i, f32, f32) {
+            (load(blk.add(2)), f16_pair(blk).0, 0.0)
+        }
+
+        legacy_row!(row_q4_0, 18, 34, false, decode_q4_0);
+        legacy_row!(row_q4_1, 20, 36, false, decode_q4_1);
+        legacy_row!(row_q5_0, 22, 34, false, decode_q5_0);
+        legacy_row!(row_q5_1, 24, 36, false, decode_q5_1);
+        legacy_row!(row_q8_0, 34, 34, true, decode_q8_0);
 
         /// Token `t`'s Q8_K block `b`.
         #[inline(always)]
@@ -241,7 +305,8 @@ macro_rules! simd_kernels {
             let h = load(blk.add(16));
             let m4 = _mm256_set1_epi8(0x0F);
             let one = _mm256_set1_epi8(1);
-            // Bit 2c of qh byte l is the fifth bit of value 64c + l, bit 2c + 1 that of 64c + 32 + l.
+            // Bit 2c of qh byte l is the fifth bit of value 64c + l, bit 2c + 1 that of
+            // value 64c + 32 + l.
             let hl = _mm256_and_si256(_mm256_srl_epi16(h, _mm_cvtsi32_si128(2 * c as i32)), one);
             let hh = _mm256_and_si256(
                 _mm256_srl_epi16(h, _mm_cvtsi32_si128(2 * c as i32 + 1)),
@@ -357,6 +422,134 @@ macro_rules! simd_kernels {
                 }
             };
         }
+
+        /// A packed group-block at `p` of type `TY`: the eight rows' quants as unsigned bytes
+        /// (vector `j` holds values `4j..4j + 4` of row `i` in lane `i`), scales and offsets.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn decode_packed<const TY: u8>(p: *const u8) -> ([__m256i; 8], __m256, __m256) {
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(p.cast()));
+            let f16s = |at: usize| _mm256_cvtph_ps(_mm_loadu_si128(p.add(at).cast()));
+            let m4 = _mm256_set1_epi8(0x0F);
+            // The 4-bit types: four vectors of quant bytes at `at`, low nibbles then high ones.
+            let nibbles = |at: usize| -> [__m256i; 8] {
+                let q: [__m256i; 4] = std::array::from_fn(|j| load(p.add(at + 32 * j)));
+                std::array::from_fn(|j| {
+                    if j < 4 {
+                        _mm256_and_si256(q[j], m4)
+                    } else {
+                        _mm256_and_si256(_mm256_srli_epi16(q[j - 4], 4), m4)
+                    }
+                })
+            };
+            let with_high_bits = |q: [__m256i; 8], at: usize| -> [__m256i; 8] {
+                std::array::from_fn(|j| {
+                    let mask = p.add(at + 4 * j).cast::<u32>().read_unaligned();
+                    _mm256_or_si256(q[j], high_bits(mask))
+                })
+            };
+            match TY {
+                Q4_0 => (nibbles(16), d, _mm256_mul_ps(d, _mm256_set1_ps(-8.0))),
+                Q4_1 => (nibbles(32), d, f16s(16)),
+                Q5_0 => (
+                    with_high_bits(nibbles(48), 16),
+                    d,
+                    _mm256_mul_ps(d, _mm256_set1_ps(-16.0)),
+                ),
+                Q5_1 => (with_high_bits(nibbles(64), 32), d, f16s(16)),
+                // Flipping the sign bit adds 128: unsigned quants offset by -128 d.
+                _ => (
+                    std::array::from_fn(|j| {
+                        _mm256_xor_si256(load(p.add(16 + 32 * j)), _mm256_set1_epi8(-128))
+                    }),
+                    d,
+                    _mm256_mul_ps(d, _mm256_set1_ps(-128.0)),
+                ),
+            }
+        }
+
+        /// Bytes ahead of the block being multiplied that the packed kernels prefetch.
+        const PREFETCH: usize = 4096;
+
+        // The packed types, as const parameters.
+        const Q4_0: u8 = 0;
+        const Q4_1: u8 = 1;
+        const Q5_0: u8 = 2;
+        const Q5_1: u8 = 3;
+        const Q8_0: u8 = 4;
+
+        /// One packed group's products with tokens `t0..t0 + N`, written to
+        /// `y[t * y_stride..][..8]`. `ACT_BYTES` is the size of an activation block.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn packed_tokens<const N: usize, const TY: u8, const ACT_BYTES: usize>(
+            group: *const u8,
+            group_block_bytes: usize,
+            x: &ActView,
+            t0: usize,
+            y: *mut f32,
+            y_stride: usize,
+        ) {
+            let mut acc = [_mm256_setzero_ps(); N];
+            for b in 0..x.nb {
+                let p = group.add(b * group_block_bytes);
+                // Streaming from memory (decode), the hardware prefetcher alone leaves the loads
+                // waiting; a prefetch per cache line of the block, well ahead, keeps them fed.
+                for line in (0..group_block_bytes).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + line).cast());
+                }
+                let (q, d, offset) = decode_packed::<TY>(p);
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let t = t0 + i;
+                    let a = x
+                        .blocks
+                        .add(t * x.row_bytes + b * ACT_BYTES + (ACT_BYTES - QK));
+                    // Two chains of four, so that the dependent accumulations overlap.
+                    let mut s = [_mm256_setzero_si256(); 2];
+                    for (j, &q) in q.iter().enumerate() {
+                        let four = _mm256_set1_epi32(a.add(4 * j).cast::<i32>().read_unaligned());
+                        s[j % 2] = dot_acc(s[j % 2], q, four);
+                    }
+                    let k = t * x.nb + b;
+                    let p = _mm256_cvtepi32_ps(_mm256_add_epi32(s[0], s[1]));
+                    *acc = _mm256_fmadd_ps(p, _mm256_mul_ps(d, _mm256_set1_ps(*x.d.add(k))), *acc);
+                    *acc = _mm256_fmadd_ps(offset, _mm256_set1_ps(*x.s.add(k)), *acc);
+                }
+            }
+            for (i, a) in acc.into_iter().enumerate() {
+                _mm256_storeu_ps(y.add((t0 + i) * y_stride), a);
+            }
+        }
+
+        /// A [`super::PackedFn`]: every group of `packed`, tokens four at a time.
+        macro_rules! packed {
+            ($name:ident, $ty:ident, $act_bytes:expr) => {
+                #[target_feature(enable = $features)]
+                unsafe fn $name(packed: &[u8], x: &ActView, y: *mut f32, y_stride: usize) {
+                    let gb = Packed::group_block_bytes(GgmlType::$ty);
+                    for (g, group) in packed.chunks_exact(x.nb * gb).enumerate() {
+                        let (group, y) = (group.as_ptr(), y.add(g * PACK_ROWS));
+                        let mut t = 0;
+                        while t + 4 <= x.n_tokens {
+                            packed_tokens::<4, $ty, $act_bytes>(group, gb, x, t, y, y_stride);
+                            t += 4;
+                        }
+                        match x.n_tokens - t {
+                            1 => packed_tokens::<1, $ty, $act_bytes>(group, gb, x, t, y, y_stride),
+                            2 => packed_tokens::<2, $ty, $act_bytes>(group, gb, x, t, y, y_stride),
+                            3 => packed_tokens::<3, $ty, $act_bytes>(group, gb, x, t, y, y_stride),
+                            _ => {}
+                        }
+                    }
+                }
+            };
+        }
+
+        packed!(packed_q4_0, Q4_0, 34);
+        packed!(packed_q4_1, Q4_1, 36);
+        packed!(packed_q5_0, Q5_0, 34);
+        packed!(packed_q5_1, Q5_1, 36);
+        packed!(packed_q8_0, Q8_0, 34);
 
         tile!(tile_q4_0, row_q4_0);
         tile!(tile_q4_1, row_q4_1);

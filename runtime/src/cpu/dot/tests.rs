@@ -109,17 +109,39 @@ fn run_case(
     n_tokens: usize,
     seed: u64,
 ) -> Case {
+    run_kernel(kernels, ty, rows, k, n_tokens, seed, false)
+}
+
+/// [`run_case`] through the packed kernel (`packed`, for whole groups of rows) or the tile
+/// kernel.
+fn run_kernel(
+    kernels: &Kernels,
+    ty: GgmlType,
+    rows: usize,
+    k: usize,
+    n_tokens: usize,
+    seed: u64,
+    packed: bool,
+) -> Case {
     let mut rng = Rng::new(seed);
     let w = random_weights(&mut rng, ty, rows, k);
     let x = random_activations(&mut rng, n_tokens * k);
-    let format = ActFormat::for_weight(ty).unwrap();
+    let format = ActFormat::vec_dot_type(ty).unwrap();
     let mut acts = QuantActs::new(k, n_tokens, [ty]);
     let view = acts.quantize(kernels.level, format, &x, k);
     let xq = dequantized_acts(&view, format);
     let row_bytes = w.len() / rows;
     let mut got = vec![f32::NAN; rows * n_tokens];
     // SAFETY: the view matches ty's format and k; got holds n_tokens rows of `rows` values.
-    unsafe { kernels.tile(ty).unwrap()(&w, row_bytes, &view, got.as_mut_ptr(), rows) };
+    unsafe {
+        let y = got.as_mut_ptr();
+        if packed {
+            let p = pack::pack(ty, &w, k, rows, |n, f| (0..n).for_each(f)).unwrap();
+            kernels.packed(ty).unwrap()(p.groups(0..p.groups), &view, y, rows);
+        } else {
+            kernels.tile(ty).unwrap()(&w, row_bytes, &view, y, rows);
+        }
+    }
     let mut case = Case {
         got,
         exact: vec![],
@@ -213,6 +235,85 @@ fn every_level_matches_the_f32_reference() {
 }
 
 #[test]
+fn packed_kernels_match_the_reference_and_the_portable_kernels() {
+    let portable = Kernels::for_level(Level::Portable).unwrap();
+    let mut tested = 0;
+    for kernels in levels() {
+        for ty in TYPES {
+            if kernels.packed(ty).is_none() {
+                continue;
+            }
+            for k in [32, 96, 576] {
+                for n_tokens in [1, 2, 3, 4, 5, 8, 11] {
+                    let seed = (k + n_tokens) as u64;
+                    // One to three groups: pairs of groups and a group alone.
+                    let rows = (1 + n_tokens % 3) * PACK_ROWS;
+                    let c = run_kernel(&kernels, ty, rows, k, n_tokens, seed, true);
+                    let p = run_case(&portable, ty, rows, k, n_tokens, seed);
+                    for i in 0..c.got.len() {
+                        let got = f64::from(c.got[i]);
+                        let what = format!(
+                            "packed {:?} {ty} k={k} tokens={n_tokens} output {i}",
+                            kernels.level
+                        );
+                        let (exact, tol) = (c.exact[i], c.exact_tol[i]);
+                        assert!(
+                            (got - exact).abs() <= tol,
+                            "{what}: {got} vs {exact} ({tol})"
+                        );
+                        let f32_ref = c.vs_f32[i];
+                        assert!(
+                            (got - f32_ref).abs() <= c.vs_f32_tol[i],
+                            "{what}: vs {f32_ref}"
+                        );
+                        let other = f64::from(p.got[i]);
+                        assert!((got - other).abs() <= 2.0 * tol, "{what}: portable {other}");
+                    }
+                    tested += 1;
+                }
+            }
+        }
+    }
+    if tested == 0 {
+        eprintln!("no packed kernel tested: this CPU runs none of their levels");
+    }
+}
+
+#[test]
+fn packed_groups_give_the_same_bits_together_and_alone() {
+    for kernels in levels() {
+        for ty in TYPES {
+            let Some(kernel) = kernels.packed(ty) else {
+                continue;
+            };
+            let (k, n_tokens, rows) = (96, 5, 2 * PACK_ROWS);
+            let mut rng = Rng::new(9);
+            let w = random_weights(&mut rng, ty, rows, k);
+            let x = random_activations(&mut rng, n_tokens * k);
+            let format = ActFormat::vec_dot_type(ty).unwrap();
+            let mut acts = QuantActs::new(k, n_tokens, [ty]);
+            let view = acts.quantize(kernels.level, format, &x, k);
+            let p = pack::pack(ty, &w, k, rows, |n, f| (0..n).for_each(f)).unwrap();
+            let (mut together, mut alone) =
+                (vec![0f32; rows * n_tokens], vec![0f32; rows * n_tokens]);
+            // SAFETY: the view matches ty, and the outputs hold n_tokens rows of `rows` values.
+            unsafe {
+                kernel(p.groups(0..2), &view, together.as_mut_ptr(), rows);
+                kernel(p.groups(0..1), &view, alone.as_mut_ptr(), rows);
+                kernel(
+                    p.groups(1..2),
+                    &view,
+                    alone.as_mut_ptr().add(PACK_ROWS),
+                    rows,
+                );
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&together), bits(&alone), "{:?} {ty}", kernels.level);
+        }
+    }
+}
+
+#[test]
 fn levels_agree_with_each_other() {
     let portable = Kernels::for_level(Level::Portable).unwrap();
     for kernels in levels() {
@@ -277,7 +378,11 @@ fn best_is_the_highest_available_level() {
 #[test]
 fn quantization_is_the_same_at_every_level() {
     let mut rng = Rng::new(11);
-    let x = random_activations(&mut rng, 3 * 512);
+    let mut x = random_activations(&mut rng, 3 * 512);
+    // A block scaled by exactly 1, with ties that round away from zero, and an all-zero block.
+    x[..8].copy_from_slice(&[127.0, 2.5, -2.5, 0.5, -0.5, 1.5, -1.5, 126.5]);
+    x[8..32].fill(0.25);
+    x[32..64].fill(0.0);
     for format in [ActFormat::Q8_0, ActFormat::Q8_1, ActFormat::Q8K] {
         let ty = match format {
             ActFormat::Q8_0 => GgmlType::Q4_0,

@@ -25,6 +25,10 @@ const SPIN: Duration = Duration::from_millis(2);
 /// interpreter's other parallel kernels) on a busy machine are not starved by the spinning.
 const SPIN_UNYIELDING: Duration = Duration::from_micros(50);
 
+/// Spins (a few microseconds) after which the caller, waiting for helpers to finish a job,
+/// yields its core between checks.
+const YIELD_AFTER_SPINS: u32 = 1 << 12;
+
 /// Set in [`Shared::state`] while no job accepts helpers; the other bits count the helpers
 /// inside one.
 const CLOSED: usize = 1 << (usize::BITS - 1);
@@ -47,6 +51,8 @@ struct Shared {
     job: AtomicPtr<Job<'static>>,
     /// Set when the pool is dropped.
     stop: AtomicBool,
+    /// Set when a job panicked on a helper; the caller panics in turn.
+    panicked: AtomicBool,
     /// Parked helpers, and the lock and condition variable they park on.
     parked: AtomicUsize,
     lock: Mutex<()>,
@@ -66,6 +72,7 @@ impl Pool {
             state: Padded(AtomicUsize::new(CLOSED)),
             job: AtomicPtr::new(std::ptr::null_mut()),
             stop: AtomicBool::new(false),
+            panicked: AtomicBool::new(false),
             parked: AtomicUsize::new(0),
             lock: Mutex::new(()),
             wake: Condvar::new(),
@@ -115,13 +122,24 @@ impl Pool {
         impl Drop for Close<'_> {
             fn drop(&mut self) {
                 self.0.state.0.fetch_or(CLOSED, Ordering::AcqRel);
+                let mut spins = 0u32;
                 while self.0.state.0.load(Ordering::Acquire) != CLOSED {
                     std::hint::spin_loop();
+                    spins += 1;
+                    // A helper still inside after this long was most likely descheduled (a
+                    // busy machine): let it have this core rather than spin through its slice.
+                    if spins > YIELD_AFTER_SPINS {
+                        std::thread::yield_now();
+                    }
                 }
             }
         }
-        let _close = Close(s);
+        let close = Close(s);
         job(0);
+        drop(close);
+        if s.panicked.swap(false, Ordering::AcqRel) {
+            panic!("a matrix product panicked on a worker thread");
+        }
     }
 }
 
@@ -147,7 +165,7 @@ fn helper(s: &Shared, index: usize) {
         while s.epoch.0.load(Ordering::Acquire) == seen {
             std::hint::spin_loop();
             spins += 1;
-            if spins % 256 != 0 {
+            if !spins.is_multiple_of(256) {
                 continue;
             }
             let idle = started.elapsed();
@@ -172,7 +190,12 @@ fn helper(s: &Shared, index: usize) {
             // SAFETY: the job was open when this helper was counted in, so the caller is still
             // inside `run` and the pointer is the current job's.
             let job = unsafe { &*s.job.load(Ordering::Acquire) };
-            job(index);
+            // A panic must not skip the count below (the caller would wait for ever); it is
+            // reported to the caller instead, after the default hook has printed it.
+            let run = std::panic::AssertUnwindSafe(|| job(index));
+            if std::panic::catch_unwind(run).is_err() {
+                s.panicked.store(true, Ordering::Release);
+            }
         }
         s.state.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -203,6 +226,30 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_panic_on_a_helper_reaches_the_caller() {
+        let pool = Pool::new(2).unwrap();
+        // The helper may miss a job (it only joins open ones); it takes part in one of these.
+        let surfaced = (0..100).any(|_| {
+            let run = std::panic::AssertUnwindSafe(|| {
+                pool.run(&|worker| {
+                    if worker == 1 {
+                        panic!("test panic on a helper");
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                })
+            });
+            std::panic::catch_unwind(run).is_err()
+        });
+        assert!(surfaced);
+        // The pool still works afterwards.
+        let count = AtomicUsize::new(0);
+        pool.run(&|_| {
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        assert!(count.load(Ordering::Relaxed) >= 1);
     }
 
     #[test]
