@@ -210,8 +210,33 @@ fn nmse(gpu: &[f32], cpu: &[f32]) -> f64 {
 }
 
 /// Runs the plan on both backends: a prefill of 5 tokens, then 2 single-token steps.
+/// The bound on the normalized mean squared error between the backends. Products whose weight
+/// type is in `QUANTIZED_ACTIVATIONS` differ by design: the CPU interpreter rounds their
+/// activations to 8 bits (as llama.cpp does), the GPU keeps them f32, and 8-bit rounding alone
+/// costs 1e-5 to 2e-4 on these shapes (a single block of 32 values is the worst); everything else
+/// must agree to 1e-6.
+fn tolerance(plan: &LoadedPlan) -> f64 {
+    let quantized = plan
+        .header
+        .steps
+        .iter()
+        .any(|s| match (&s.kernel, s.inputs.get(1)) {
+            (Kernel::MatMul { .. }, Some(Buf::Weight(w))) => {
+                llamart::cpu::dot::QUANTIZED_ACTIVATIONS
+                    .contains(&plan.header.weights[*w as usize].ty)
+            }
+            _ => false,
+        });
+    if quantized {
+        1e-3
+    } else {
+        1e-6
+    }
+}
+
 fn compare(label: &str, path: &std::path::Path) {
     let plan = LoadedPlan::open(path).unwrap();
+    let tolerance = tolerance(&plan);
     let mut cpu = Session::new(&plan, 2).unwrap();
     let mut gpu = GpuSession::new(&plan).unwrap();
     let n_vocab = plan.header.model.n_vocab;
@@ -220,8 +245,11 @@ fn compare(label: &str, path: &std::path::Path) {
         let c = cpu.eval(&tokens).unwrap().to_vec();
         let g = gpu.eval(&tokens).unwrap();
         let e = nmse(g, &c);
+        if std::env::var_os("SHOW_NMSE").is_some() {
+            eprintln!("{label}: NMSE {e:e}");
+        }
         assert!(
-            e <= 1e-6,
+            e <= tolerance,
             "{label}: NMSE {e:e} after {} tokens",
             cpu.n_past()
         );
@@ -455,13 +483,14 @@ fn weights_split_across_bindings_give_the_same_result() {
     if !gpu_available() {
         return;
     }
+    // Bindings of 128 f32 rows of 256 values: every weight here is split, tables included.
+    let max_binding = 128 * 1024;
     for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::F32] {
-        let (k, n) = (256u32, 300u32);
+        let (k, n) = (256u32, 1000u32);
         let mut b = Builder::new(11);
         let x = b.input(k);
         let w = b.weight(ty, &[k.into(), n.into()]);
         let y = b.op(Kernel::MatMul { k, n }, vec![x, w], n);
-        let row_bytes = ty.bytes_for(k.into()).unwrap();
         let path = b.finish_with_max_binding(
             y,
             n,
@@ -469,7 +498,7 @@ fn weights_split_across_bindings_give_the_same_result() {
                 bytes: 0,
                 layers: vec![],
             },
-            70 * row_bytes,
+            max_binding,
         );
         let plan = LoadedPlan::open(&path).unwrap();
         let parts = plan
@@ -480,13 +509,13 @@ fn weights_split_across_bindings_give_the_same_result() {
             .filter(|d| d.step == 1)
             .count();
         assert!(
-            parts >= 3,
-            "{ty}: {parts} dispatches for a weight of 300 rows with bindings of 70 rows"
+            parts >= 2,
+            "{ty}: {parts} dispatches for a weight of 1000 rows"
         );
         for d in &plan.header.gpu.dispatches {
             for binding in &d.bindings {
                 if let GpuBinding::Weight { size, .. } = binding {
-                    assert!(*size <= 70 * row_bytes);
+                    assert!(*size <= max_binding);
                 }
             }
         }
@@ -515,7 +544,7 @@ fn weights_split_across_bindings_give_the_same_result() {
                     bytes: 0,
                     layers: vec![],
                 },
-                100 * row_bytes,
+                max_binding,
             ),
         );
     }

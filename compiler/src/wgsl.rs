@@ -102,10 +102,6 @@ fn module(op: &str, weight: Option<GgmlType>, consts: &[(&str, Const)]) -> Strin
         src.push_str(include_str!("../../shaders/weights/bytes.wgsl"));
         let decoder = weight_decoder(ty).expect("checked by the caller");
         src.push_str(decoder);
-        // Only types with a per-block offset define it; the matmul kernel names it regardless.
-        if !decoder.contains("fn weight_min") {
-            src.push_str("\nfn weight_min(r: u32, i: u32) -> f32 {\n    return 0.0;\n}\n");
-        }
     }
     src.push_str(shader(op));
     src
@@ -309,20 +305,12 @@ impl Emitter<'_> {
             Kernel::MatMul { k, n } => {
                 let (ty, row_bytes, parts) = self.weight_parts(i, io(1))?;
                 for (n0, np, binding) in parts {
-                    let (act, ablock) = match llamart::cpu::dot::ActFormat::for_weight(ty) {
-                        None => (0, 1),
-                        Some(llamart::cpu::dot::ActFormat::Q8_0) => (1, 32),
-                        Some(llamart::cpu::dot::ActFormat::Q8_1) => (3, 32),
-                        Some(llamart::cpu::dot::ActFormat::Q8K) => (2, 256),
-                    };
                     let consts = [
                         ("K", Const::U(k.into())),
                         ("N", Const::U(n.into())),
                         ("N0", Const::U(n0)),
                         ("NP", Const::U(np)),
                         ("ROW_BYTES", Const::U(row_bytes)),
-                        ("ACT", Const::U(act)),
-                        ("ABLOCK", Const::U(ablock)),
                     ];
                     let kern = self.kernel(
                         i,

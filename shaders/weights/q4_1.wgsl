@@ -7,7 +7,3 @@ fn weight(r: u32, i: u32) -> f32 {
     return wf16(base) * f32(q) + wf16(base + 2u);
 }
 
-// The block offset m of element i (dot products with Q8_1 activations apply it once per block).
-fn weight_min(r: u32, i: u32) -> f32 {
-    return wf16(r * ROW_BYTES + (i / 32u) * 20u + 2u);
-}

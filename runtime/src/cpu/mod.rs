@@ -4,7 +4,6 @@ pub mod dot;
 mod kernels;
 mod matmul;
 
-use rayon::prelude::*;
 use thiserror::Error;
 
 use crate::plan::{Buf, Kernel, LoadedPlan};
@@ -73,6 +72,11 @@ pub fn check_step(
     Ok(())
 }
 
+/// The attention output, written by head rows from the matmul workers.
+struct HeadRows(*mut f32);
+// SAFETY: every parallel item writes a distinct head row.
+unsafe impl Sync for HeadRows {}
+
 /// Aligned, zeroed f32 storage (16-byte rows are what the memory planner guarantees).
 struct Arena(Vec<f32>);
 
@@ -91,7 +95,6 @@ pub struct Session<'p> {
     rope: Vec<kernels::RopeTable>,
     /// Per worker thread: attention scores (ctx values).
     scratch: Vec<std::sync::Mutex<matmul::Scratch>>,
-    pool: rayon::ThreadPool,
     /// The matrix products' threads, kernels, quantized-activation buffers and packed weights.
     matmul: matmul::MatMul,
     n_past: usize,
@@ -129,13 +132,6 @@ impl<'p> Session<'p> {
             }
         }
         let threads = threads.max(1);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .map_err(|e| LoadError::Threads {
-                threads,
-                why: e.to_string(),
-            })?;
         let max_batch = h.limits.max_batch as usize;
         let scratch = (0..threads + 1)
             .map(|_| std::sync::Mutex::new(matmul::Scratch::new(ctx)))
@@ -162,7 +158,6 @@ impl<'p> Session<'p> {
             kv: vec![0.0; (h.kv.bytes / 4) as usize],
             rope,
             scratch,
-            pool,
             matmul,
             n_past: 0,
             kv_write_shift: 0,
@@ -372,28 +367,27 @@ impl<'p> Session<'p> {
                 let out = write(h * hd);
                 let group = h / hkv;
                 let scratch = &self.scratch;
-                self.pool.install(|| {
-                    out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
-                        let (t, head) = (i / h, i % h);
-                        let pos = past + t;
-                        let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w as usize));
-                        let mut s = scratch[rayon::current_thread_index().unwrap_or(0)]
-                            .lock()
-                            .expect("not poisoned");
-                        let qh = &q[i * hd..(i + 1) * hd];
-                        kernels::attend(
-                            qh,
-                            k_cache,
-                            v_cache,
-                            o,
-                            kv_row,
-                            (head / group) * hd,
-                            lo,
-                            pos,
-                            scale,
-                            &mut s.scores,
-                        );
-                    });
+                let out = HeadRows(out.as_mut_ptr());
+                let out = &out;
+                self.matmul.for_each(n_tokens * h, &|i, worker| {
+                    let (t, head) = (i / h, i % h);
+                    let pos = past + t;
+                    let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w as usize));
+                    let mut s = scratch[worker].lock().expect("not poisoned");
+                    // SAFETY: item i is the only one writing head row i of the output.
+                    let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(i * hd), hd) };
+                    kernels::attend(
+                        &q[i * hd..(i + 1) * hd],
+                        k_cache,
+                        v_cache,
+                        o,
+                        kv_row,
+                        (head / group) * hd,
+                        lo,
+                        pos,
+                        scale,
+                        &mut s.scores,
+                    );
                 });
             }
         }
