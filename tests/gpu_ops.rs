@@ -118,6 +118,23 @@ impl Builder {
         Buf::Weight(self.weights.len() as u32 - 1)
     }
 
+    /// A plan that only embeds the ids through a random table of type `ty` and `k` values a row.
+    fn embedding(seed: u64, ty: GgmlType, k: u32) -> (Builder, Buf) {
+        let mut b = Builder::new(seed);
+        let table = b.weight(ty, &[k.into(), VOCAB.into()]);
+        let out = b.alloc(k.into());
+        let ids = Buf::Arena {
+            offset: 0,
+            row_bytes: 32,
+        };
+        b.steps.push(Step {
+            kernel: Kernel::Embed { n: k },
+            inputs: vec![table, ids],
+            output: out,
+        });
+        (b, out)
+    }
+
     /// An activation input of `n` values a token: a row of a random F32 table picked by token id.
     fn input(&mut self, n: u32) -> Buf {
         let table = self.weight(GgmlType::F32, &[n.into(), VOCAB.into()]);
@@ -301,20 +318,7 @@ fn matmul_and_embed_for_every_weight_type_and_odd_shapes() {
                 ),
             );
 
-            let mut b = Builder::new(7 + u64::from(k));
-            let table = b.weight(ty, &[k.into(), VOCAB.into()]);
-            let out = b.alloc(k.into());
-            b.steps.push(Step {
-                kernel: Kernel::Embed { n: k },
-                inputs: vec![
-                    table,
-                    Buf::Arena {
-                        offset: 0,
-                        row_bytes: 32,
-                    },
-                ],
-                output: out,
-            });
+            let (b, out) = Builder::embedding(7 + u64::from(k), ty, k);
             compare(
                 &format!("embed {ty} n={k}"),
                 &b.finish(
@@ -521,20 +525,7 @@ fn weights_split_across_bindings_give_the_same_result() {
         }
         compare(&format!("split matmul {ty}"), &path);
 
-        let mut b = Builder::new(12);
-        let table = b.weight(ty, &[k.into(), VOCAB.into()]);
-        let out = b.alloc(k.into());
-        b.steps.push(Step {
-            kernel: Kernel::Embed { n: k },
-            inputs: vec![
-                table,
-                Buf::Arena {
-                    offset: 0,
-                    row_bytes: 32,
-                },
-            ],
-            output: out,
-        });
+        let (b, out) = Builder::embedding(12, ty, k);
         compare(
             &format!("split embed {ty}"),
             &b.finish_with_max_binding(

@@ -113,7 +113,7 @@ pub fn emit<'a>(
         });
     }
     let logits = buf_of(g.outputs[0], &mut weights);
-    let header = PlanHeader {
+    let mut header = PlanHeader {
         format_version: FORMAT_VERSION,
         compiler_version: crate::COMPILER_VERSION.to_string(),
         model: ModelInfo {
@@ -144,9 +144,9 @@ pub fn emit<'a>(
         logits,
         steps,
         weights,
+        // Derived from the finished CPU schedule just below.
         gpu: Default::default(),
     };
-    let mut header = header;
     header.gpu = crate::wgsl::gpu_section(&header)?;
     Ok(Emitted {
         header,
