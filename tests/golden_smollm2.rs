@@ -16,6 +16,15 @@ fn teacher_forced_logits_are_inside_the_envelope() {
     check_teacher_forced(&plan(), MODEL);
 }
 
+/// The plan that keeps activations in f32 (the one the GPU comparisons use) is a model of its
+/// own on the CPU, and must meet the same envelope.
+#[test]
+fn f32_activation_logits_are_inside_the_envelope() {
+    let plan = LoadedPlan::open(&compiled_plan(MODEL, &["--activations", "f32"])).unwrap();
+    assert_eq!(plan.header.activations, llamart::plan::Activations::F32);
+    check_teacher_forced(&plan, MODEL);
+}
+
 #[test]
 fn perplexity_is_within_half_a_percent_of_hf() {
     check_perplexity(

@@ -125,7 +125,8 @@ fn inspect_prints_the_readable_header() {
     let (code, stdout, stderr) = llamart(&["inspect", plan.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
     for needle in [
-        "format_version: 1",
+        "format_version: 2",
+        "activations: Q8",
         "architecture: \"llama\"",
         "steps: [",
         "MatMul(",

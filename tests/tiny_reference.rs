@@ -144,6 +144,7 @@ fn check(model: TinyLlama, batch: u32) {
     let options = llamac::compile::CompileOptions {
         ctx: Some(32),
         max_batch: batch,
+        activations: llamart::plan::Activations::Q8,
     };
     llamac::compile::compile(&gguf, &plan_path, options).unwrap();
     let plan = LoadedPlan::open(&plan_path).unwrap();

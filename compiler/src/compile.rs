@@ -7,12 +7,15 @@ use anyhow::Context;
 
 use crate::gguf::GgufFile;
 use crate::passes::PipelineOptions;
+use llamart::plan::Activations;
 
 #[derive(Clone, Copy, Debug)]
 pub struct CompileOptions {
     /// KV cache length; defaults to the model's training context, capped at `DEFAULT_MAX_CTX`.
     pub ctx: Option<u32>,
     pub max_batch: u32,
+    /// How the plan's matrix products take their activations.
+    pub activations: Activations,
 }
 
 /// Default KV cache length when `--ctx` is not given: enough for chat, small enough to allocate
@@ -63,7 +66,7 @@ pub fn compile(
         max_batch: options.max_batch.min(ctx),
     };
     let compiled = crate::passes::run_pipeline(graph, &file, pipeline)?;
-    let emitted = crate::emit::emit(&compiled, &file, &hp, pipeline)?;
+    let emitted = crate::emit::emit(&compiled, &file, &hp, pipeline, options.activations)?;
     let tokenizer =
         crate::tokenizer::tokenizer_from_gguf(&file).context("reading the tokenizer")?;
     let tokenizer_json = serde_json::to_vec(&tokenizer)?;

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use llamart::plan::{
-    ArenaLayout, Buf, Kernel, Limits, ModelInfo, PlanHeader, Step, WeightInfo, FORMAT_VERSION,
-    WEIGHT_ALIGN,
+    Activations, ArenaLayout, Buf, Kernel, Limits, ModelInfo, PlanHeader, Step, WeightInfo,
+    FORMAT_VERSION, WEIGHT_ALIGN,
 };
 use thiserror::Error;
 
@@ -47,6 +47,7 @@ pub fn emit<'a>(
     file: &'a GgufFile,
     hp: &Hparams,
     options: PipelineOptions,
+    activations: Activations,
 ) -> Result<Emitted<'a>, EmitError> {
     let g = &c.graph;
     let mut weights: Vec<WeightInfo> = Vec::new();
@@ -136,6 +137,7 @@ pub fn emit<'a>(
             ctx: options.ctx,
             max_batch: options.max_batch,
         },
+        activations,
         arena: ArenaLayout {
             bytes: c.memory.arena_bytes,
         },

@@ -42,6 +42,12 @@ enum Command {
         /// Language through naga, with `[[buffer(n)]]` slots) into DIR.
         #[arg(long, num_args = 1..=2, value_names = ["KIND", "DIR"])]
         emit: Vec<String>,
+        /// How matrix products take their activations: `q8` rounds them to 8-bit blocks for
+        /// Q4_0/Q4_1/Q5_1/Q8_0 weights and uses integer dot products on the CPU, as llama.cpp
+        /// does (fast); `f32` keeps them in f32 everywhere, so the CPU and the GPU compute the same
+        /// function (the GPU path always multiplies f32).
+        #[arg(long, default_value = "q8", value_parser = ["q8", "f32"])]
+        activations: String,
     },
 }
 
@@ -74,6 +80,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ctx,
             batch,
             emit,
+            activations,
         } => {
             let emit = match emit.iter().map(String::as_str).collect::<Vec<_>>()[..] {
                 [] => None,
@@ -90,6 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let options = llamac::compile::CompileOptions {
                 ctx,
                 max_batch: batch,
+                activations: activations.parse().map_err(anyhow::Error::msg)?,
             };
             let summary = llamac::compile::compile(&model, &output, options)?;
             match emit {

@@ -55,6 +55,7 @@ fn tiny_llama_kernels_in_msl() {
     let options = llamac::compile::CompileOptions {
         ctx: Some(64),
         max_batch: 8,
+        activations: llamart::plan::Activations::Q8,
     };
     llamac::compile::compile(&gguf, &plan, options).unwrap();
     let plan = llamart::plan::LoadedPlan::open(&plan).unwrap();

@@ -10,6 +10,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use llamart::cpu::dot::{pack, ActFormat, Kernels, Level, QuantActs};
 use llamart::cpu::MatMul;
+use llamart::plan::Activations;
 use llamart::GgmlType;
 
 const SHAPES: [(usize, usize); 3] = [(576, 1536), (1536, 576), (576, 49152)];
@@ -134,7 +135,7 @@ fn products(c: &mut Criterion) {
                 let x = activations(k * n_tokens);
                 let mut y = vec![0.0f32; n * n_tokens];
                 for threads in [1, 2] {
-                    let mut mm = MatMul::new(threads, k, n_tokens, &[ty]).unwrap();
+                    let mut mm = MatMul::new(threads, k, n_tokens, &[ty], Activations::Q8).unwrap();
                     mm.prepare(0, ty, &w, k, n);
                     group.bench_function(BenchmarkId::new("threads", threads), |b| {
                         b.iter(|| mm.run(0, ty, black_box(&w), &x, &mut y, k, n))

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::dot::{pack, ActFormat, Kernels, Packed, QuantActs, TileFn, PACK_ROWS};
 use super::kernels::dot;
+use crate::plan::Activations;
 use crate::GgmlType;
 
 /// Weight types the CPU matrix product reads directly.
@@ -84,8 +85,15 @@ impl OutPtr {
 }
 
 /// The kernel and activation format of weights of type `ty`, where they have a quantized
-/// product.
-fn quantized(kernels: &Kernels, ty: GgmlType) -> Option<(TileFn, ActFormat)> {
+/// product and the plan quantizes activations.
+fn quantized(
+    kernels: &Kernels,
+    activations: Activations,
+    ty: GgmlType,
+) -> Option<(TileFn, ActFormat)> {
+    if activations != Activations::Q8 {
+        return None;
+    }
     Some((kernels.tile(ty)?, ActFormat::for_weight(ty)?))
 }
 
@@ -94,6 +102,7 @@ fn quantized(kernels: &Kernels, ty: GgmlType) -> Option<(TileFn, ActFormat)> {
 /// kernels.
 pub struct MatMul {
     kernels: Kernels,
+    activations: Activations,
     pool: pool::Pool,
     acts: QuantActs,
     rows: Vec<RowBuf>,
@@ -103,14 +112,23 @@ pub struct MatMul {
 
 impl MatMul {
     /// Buffers for products of up to `max_k` inputs and `max_tokens` tokens over weights of
-    /// `weight_types`, `threads` workers, and the best kernels of this CPU.
+    /// `weight_types`, `threads` workers, and the best kernels of this CPU; `activations` is the
+    /// plan's choice of how products take their inputs.
     pub fn new(
         threads: usize,
         max_k: usize,
         max_tokens: usize,
         weight_types: &[GgmlType],
+        activations: Activations,
     ) -> std::io::Result<Self> {
-        Self::with_kernels(*Kernels::best(), threads, max_k, max_tokens, weight_types)
+        Self::with_kernels(
+            *Kernels::best(),
+            threads,
+            max_k,
+            max_tokens,
+            weight_types,
+            activations,
+        )
     }
 
     /// As [`MatMul::new`], with the given kernels (tests compare the levels with it).
@@ -120,15 +138,16 @@ impl MatMul {
         max_k: usize,
         max_tokens: usize,
         weight_types: &[GgmlType],
+        activations: Activations,
     ) -> std::io::Result<Self> {
         let pool = pool::Pool::new(threads)?;
         let quantized_types = weight_types
             .iter()
             .copied()
-            .filter(|&ty| quantized(&kernels, ty).is_some());
+            .filter(|&ty| quantized(&kernels, activations, ty).is_some());
         let needs_row = weight_types
             .iter()
-            .any(|&ty| ty != GgmlType::F32 && quantized(&kernels, ty).is_none());
+            .any(|&ty| ty != GgmlType::F32 && quantized(&kernels, activations, ty).is_none());
         let rows = (0..pool.threads())
             .map(|_| {
                 RowBuf(UnsafeCell::new(vec![
@@ -139,6 +158,7 @@ impl MatMul {
             .collect();
         Ok(MatMul {
             kernels,
+            activations,
             pool,
             acts: QuantActs::new(max_k, max_tokens, quantized_types),
             rows,
@@ -173,7 +193,8 @@ impl MatMul {
     /// `w`. Done once per weight, at load.
     pub fn prepare(&mut self, id: usize, ty: GgmlType, w: &[u8], k: usize, n: usize) {
         let done = self.packed.get(id).is_some_and(Option::is_some);
-        let packable = quantized(&self.kernels, ty).is_some() && self.kernels.packed(ty).is_some();
+        let packable = quantized(&self.kernels, self.activations, ty).is_some()
+            && self.kernels.packed(ty).is_some();
         if done || !packable || n < PACK_ROWS {
             return;
         }
@@ -238,7 +259,7 @@ impl MatMul {
             (r0 < n).then(|| r0..(r0 + chunk).min(n))
         };
 
-        if let Some((tile, format)) = quantized(&self.kernels, ty) {
+        if let Some((tile, format)) = quantized(&self.kernels, self.activations, ty) {
             let acts = self.acts.raw(format, k, n_tokens);
             let level = self.kernels.level;
             if n_tokens >= PARALLEL_QUANTIZE_TOKENS {
@@ -313,7 +334,7 @@ mod tests {
 
     #[test]
     fn for_each_visits_every_item_once_on_valid_workers() {
-        let mm = MatMul::new(3, 32, 1, &[]).unwrap();
+        let mm = MatMul::new(3, 32, 1, &[], Activations::Q8).unwrap();
         let seen: Vec<AtomicUsize> = (0..100).map(|_| AtomicUsize::new(0)).collect();
         mm.for_each(seen.len(), &|item, worker| {
             assert!(worker < mm.threads());
@@ -341,7 +362,7 @@ mod tests {
                 eprintln!("skipping {level:?}: this CPU lacks its instructions");
                 continue;
             };
-            for &ty in MATMUL_TYPES {
+            for (i, &ty) in MATMUL_TYPES.iter().enumerate() {
                 let k = if ty.block_len() == 256 { 512 } else { 96 };
                 let (n, n_tokens) = (75, 11);
                 let mut rng = Rng::new(5);
@@ -381,7 +402,15 @@ mod tests {
                     bytes
                 };
                 let x = random_activations(&mut rng, n_tokens * k);
-                let mut mm = MatMul::with_kernels(kernels, 3, k, n_tokens, &[ty]).unwrap();
+                // Alternate the plan's activation choice so both paths of every type run.
+                let activations = if (i + level as usize) % 2 == 0 {
+                    Activations::Q8
+                } else {
+                    Activations::F32
+                };
+                let rounded = activations == Activations::Q8 && ActFormat::for_weight(ty).is_some();
+                let mut mm =
+                    MatMul::with_kernels(kernels, 3, k, n_tokens, &[ty], activations).unwrap();
                 let mut y = vec![f32::NAN; n * n_tokens];
                 mm.prepare(0, ty, &w, k, n);
                 mm.run(0, ty, &w, &x, &mut y, k, n);
@@ -417,7 +446,7 @@ mod tests {
                             .sum();
                         // Activations quantized to 8 bits: at most half a step of 1/127 of the
                         // block's largest value (2) per value.
-                        let tol = if ActFormat::for_weight(ty).is_some() {
+                        let tol = if rounded {
                             wf.iter().map(|w| f64::from(w.abs())).sum::<f64>() * 2.0 / 127.0 / 2.0
                                 * 1.01
                                 + 1e-5 * magnitude

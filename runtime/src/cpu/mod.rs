@@ -137,12 +137,12 @@ impl<'p> Session<'p> {
             .map(|_| std::sync::Mutex::new(matmul::Scratch::new(ctx)))
             .collect();
         let mut matmul =
-            matmul::MatMul::new(threads, max_k, max_batch, &matmul_types).map_err(|e| {
-                LoadError::Threads {
+            matmul::MatMul::new(threads, max_k, max_batch, &matmul_types, h.activations).map_err(
+                |e| LoadError::Threads {
                     threads,
                     why: e.to_string(),
-                }
-            })?;
+                },
+            )?;
         for step in &h.steps {
             if let Kernel::MatMul { k, n } = step.kernel {
                 let Buf::Weight(w) = step.inputs[1] else {

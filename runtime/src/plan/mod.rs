@@ -20,6 +20,7 @@ pub struct PlanHeader {
     pub compiler_version: String,
     pub model: ModelInfo,
     pub limits: Limits,
+    pub activations: Activations,
     pub arena: ArenaLayout,
     pub kv: KvLayout,
     /// The token ids of the current step, `max_batch` i32 values.
@@ -120,6 +121,41 @@ pub struct ModelInfo {
     /// The context length the model was trained for (the plan's may be smaller).
     pub n_ctx_train: u32,
     pub chat_template: Option<String>,
+}
+
+/// How matrix products take their activations: a numerics choice made at compile time
+/// (`llamac compile --activations`) that both backends follow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Activations {
+    /// As llama.cpp does on the CPU: products over Q4_0, Q4_1, Q5_1 and Q8_0 weights round their
+    /// activations to 8-bit blocks (Q8_0 or Q8_1) and multiply with integer dot products; the
+    /// other types multiply f32. The fast choice for the CPU. The GPU kernels have no integer
+    /// product, so the GPU path multiplies f32 and gives the results of `F32`.
+    #[default]
+    Q8,
+    /// Every product multiplies f32 activations, on both backends, so the CPU and the GPU
+    /// compute the same function and differ only by the order of their sums.
+    F32,
+}
+
+impl Activations {
+    pub fn name(self) -> &'static str {
+        match self {
+            Activations::Q8 => "q8",
+            Activations::F32 => "f32",
+        }
+    }
+}
+
+impl std::str::FromStr for Activations {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "q8" => Ok(Activations::Q8),
+            "f32" => Ok(Activations::F32),
+            _ => Err(format!("unknown activation precision {s:?}: use q8 or f32")),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
