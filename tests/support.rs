@@ -241,11 +241,29 @@ pub fn check_teacher_forced_on(
     session: &mut dyn llamart::eval::Evaluator,
     plan: &llamart::plan::LoadedPlan,
     model_id: &str,
+    also: impl FnMut(&Value, &[Vec<f32>]),
+) {
+    check_teacher_forced_cases_on(session, plan, model_id, &[], also);
+}
+
+/// As [`check_teacher_forced_on`], for the cases named in `only` (all when it is empty).
+pub fn check_teacher_forced_cases_on(
+    session: &mut dyn llamart::eval::Evaluator,
+    plan: &llamart::plan::LoadedPlan,
+    model_id: &str,
+    only: &[&str],
     mut also: impl FnMut(&Value, &[Vec<f32>]),
 ) {
     let golden = golden(model_id);
     let mut failures = Vec::new();
-    for case in golden["cases"].as_array().unwrap() {
+    let cases = golden["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| only.is_empty() || only.iter().any(|name| c["name"] == *name));
+    let mut checked = 0;
+    for case in cases {
+        checked += 1;
         let tf = &case["teacher_forced"];
         let rows = eval_rows(session, plan, &ids_of(&tf["ids"]));
         also(case, &rows);
@@ -263,6 +281,7 @@ pub fn check_teacher_forced_on(
             failures.push(format!("{}: {e:?}", case["name"]));
         }
     }
+    assert!(checked > 0, "{model_id}: no golden case is named {only:?}");
     assert!(
         failures.is_empty(),
         "{model_id} outside the envelope:\n{}",
@@ -279,10 +298,25 @@ pub fn check_perplexity(
     tokenize: impl Fn(&str) -> Vec<u32>,
     bos: Option<u32>,
 ) {
-    let golden = golden(model_id);
     let mut session = llamart::cpu::Session::new(plan, 2).unwrap();
+    check_perplexity_on(&mut session, plan, model_id, tokenize, bos, |_| true);
+}
+
+/// The perplexity rule on any backend, for the entries `wanted` accepts.
+pub fn check_perplexity_on(
+    session: &mut dyn llamart::eval::Evaluator,
+    plan: &llamart::plan::LoadedPlan,
+    model_id: &str,
+    tokenize: impl Fn(&str) -> Vec<u32>,
+    bos: Option<u32>,
+    wanted: impl Fn(&Value) -> bool,
+) {
+    let golden = golden(model_id);
     let h = &plan.header;
     for entry in golden["perplexity"].as_array().unwrap() {
+        if !wanted(entry) {
+            continue;
+        }
         let tokens = if entry["token_ids"].is_array() {
             ids_of(&entry["token_ids"])
         } else {
@@ -295,7 +329,7 @@ pub fn check_perplexity(
         let chunks = entry["n_chunks"].as_u64().unwrap() as usize;
         let start = std::time::Instant::now();
         let r = llamart::eval::perplexity(
-            &mut session,
+            session,
             &tokens,
             n_ctx,
             Some(chunks),
@@ -308,7 +342,8 @@ pub fn check_perplexity(
         let llamacpp = entry["llamacpp_ppl"].as_f64().unwrap();
         let allowed = (0.005 * hf).max(1.5 * (llamacpp - hf).abs());
         eprintln!(
-            "{model_id} perplexity at n_ctx {n_ctx}: {:.4} (hf {hf}, llama.cpp {llamacpp}), {} tokens scored in {:.1} s",
+            "{model_id} on {}: perplexity at n_ctx {n_ctx}: {:.4} (hf {hf}, llama.cpp {llamacpp}), {} tokens scored in {:.1} s",
+            session.backend(),
             r.ppl,
             r.tokens_scored,
             start.elapsed().as_secs_f64()

@@ -145,6 +145,7 @@ fn check(model: TinyLlama, batch: u32) {
         ctx: Some(32),
         max_batch: batch,
         activations: llamart::plan::Activations::Q8,
+        bandwidth_gbps: None,
     };
     llamac::compile::compile(&gguf, &plan_path, options).unwrap();
     let plan = LoadedPlan::open(&plan_path).unwrap();

@@ -16,6 +16,8 @@ pub struct CompileOptions {
     pub max_batch: u32,
     /// How the plan's matrix products take their activations.
     pub activations: Activations,
+    /// Memory bandwidth for the report's roofline, GB/s.
+    pub bandwidth_gbps: Option<f64>,
 }
 
 /// Default KV cache length when `--ctx` is not given: enough for chat, small enough to allocate
@@ -36,6 +38,7 @@ pub struct CompileSummary {
     pub ctx: u32,
     pub max_batch: u32,
     pub seconds: f64,
+    pub report: crate::report::Report,
 }
 
 pub fn compile(
@@ -67,6 +70,12 @@ pub fn compile(
     };
     let compiled = crate::passes::run_pipeline(graph, &file, pipeline)?;
     let emitted = crate::emit::emit(&compiled, &file, &hp, pipeline, options.activations)?;
+    let report = crate::report::report(
+        &emitted.header,
+        &emitted.step_names,
+        &compiled.passes,
+        options.bandwidth_gbps,
+    );
     let tokenizer =
         crate::tokenizer::tokenizer_from_gguf(&file).context("reading the tokenizer")?;
     let tokenizer_json = serde_json::to_vec(&tokenizer)?;
@@ -88,6 +97,7 @@ pub fn compile(
         ctx,
         max_batch: pipeline.max_batch,
         seconds: start.elapsed().as_secs_f64(),
+        report,
     })
 }
 

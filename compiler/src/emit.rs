@@ -40,6 +40,8 @@ impl WeightBytes<'_> {
 pub struct Emitted<'a> {
     pub header: PlanHeader,
     pub weights: Vec<WeightBytes<'a>>,
+    /// The graph node each step of `header.steps` computes, by name (for the compile report).
+    pub step_names: Vec<String>,
 }
 
 pub fn emit<'a>(
@@ -89,6 +91,7 @@ pub fn emit<'a>(
     };
 
     let mut steps = Vec::new();
+    let mut step_names = Vec::new();
     let mut token_ids = None;
     for &id in &c.schedule {
         let node = g.node(id);
@@ -112,6 +115,7 @@ pub fn emit<'a>(
             inputs,
             output,
         });
+        step_names.push(node.name.clone());
     }
     let logits = buf_of(g.outputs[0], &mut weights);
     let mut header = PlanHeader {
@@ -153,6 +157,7 @@ pub fn emit<'a>(
     Ok(Emitted {
         header,
         weights: weight_bytes,
+        step_names,
     })
 }
 

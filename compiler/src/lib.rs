@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod ir;
 pub mod lower;
 pub mod passes;
+pub mod report;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod wgsl;

@@ -48,6 +48,14 @@ enum Command {
         /// function (the GPU path always multiplies f32).
         #[arg(long, default_value = "q8", value_parser = ["q8", "f32"])]
         activations: String,
+        /// Memory bandwidth in GB/s: the report then gives the decode roofline, tokens/s.
+        #[arg(long, value_name = "GBPS")]
+        bandwidth: Option<f64>,
+        /// Also write the compile report as JSON to FILE (keys include
+        /// dispatches_per_decode_token, dispatches_per_layer, weight_bytes,
+        /// bytes_read_per_decode_token, flops_per_decode_token, arena_bytes, kv_bytes, passes).
+        #[arg(long = "report-json", value_name = "FILE")]
+        report_json: Option<PathBuf>,
     },
 }
 
@@ -81,7 +89,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             batch,
             emit,
             activations,
+            bandwidth,
+            report_json,
         } => {
+            if let Some(b) = bandwidth {
+                if !(b.is_finite() && b > 0.0) {
+                    anyhow::bail!("--bandwidth must be a positive number of GB/s, not {b}");
+                }
+            }
             let emit = match emit.iter().map(String::as_str).collect::<Vec<_>>()[..] {
                 [] => None,
                 ["graph"] => Some(("graph", None)),
@@ -98,6 +113,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ctx,
                 max_batch: batch,
                 activations: activations.parse().map_err(anyhow::Error::msg)?,
+                bandwidth_gbps: bandwidth,
             };
             let summary = llamac::compile::compile(&model, &output, options)?;
             match emit {
@@ -148,6 +164,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 summary.ctx,
                 summary.max_batch
             );
+            eprint!("{}", summary.report.render());
+            if let Some(path) = report_json {
+                let json = serde_json::to_string_pretty(&summary.report)? + "\n";
+                std::fs::write(&path, json)
+                    .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+            }
             Ok(())
         }
     }

@@ -56,6 +56,7 @@ fn tiny_llama_kernels_in_msl() {
         ctx: Some(64),
         max_batch: 8,
         activations: llamart::plan::Activations::Q8,
+        bandwidth_gbps: None,
     };
     llamac::compile::compile(&gguf, &plan, options).unwrap();
     let plan = llamart::plan::LoadedPlan::open(&plan).unwrap();

@@ -38,6 +38,8 @@ pub struct Compiled {
     pub schedule: Vec<NodeId>,
     pub memory: memory::MemoryPlan,
     pub kv: llamart::plan::KvLayout,
+    /// The passes that ran, in order.
+    pub passes: Vec<&'static str>,
 }
 
 /// The whole pipeline. Each pass is its own module with its own tests; this list is the only place
@@ -58,5 +60,13 @@ pub fn run_pipeline(
         schedule,
         memory,
         kv,
+        passes: vec![
+            "shape_inference",
+            "constant_fold",
+            "dce",
+            "schedule",
+            "memory",
+            "kv_layout",
+        ],
     })
 }
