@@ -128,7 +128,7 @@ pub fn to_msl(wgsl: &str) -> Result<String, String> {
     for var in module.global_variables.iter().map(|(_, v)| v) {
         if let Some(b) = &var.binding {
             resources.resources.insert(
-                b.clone(),
+                *b,
                 msl::BindTarget {
                     buffer: Some(b.binding as u8),
                     ..Default::default()

@@ -194,20 +194,6 @@ pub fn generate(
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn top_and_lse() {
-        let row = [1.0, 3.0, 2.0, 3.0];
-        assert_eq!(top_logits(&row, 3), vec![(1, 3.0), (3, 3.0), (2, 2.0)]);
-        let lse = log_sum_exp(&row);
-        let direct = row.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
-        assert!((lse - direct).abs() < 1e-12);
-    }
-}
-
 /// A loaded model that evaluates tokens: the CPU interpreter or the GPU backend.
 pub trait Evaluator {
     /// Evaluates `tokens` after the cached ones; returns one row of logits per token.
@@ -276,5 +262,19 @@ impl Evaluator for crate::gpu::GpuSession<'_> {
         out: &mut Vec<(u32, f32)>,
     ) -> Result<f64, EvalError> {
         crate::gpu::GpuSession::eval_top(self, tokens, k, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_and_lse() {
+        let row = [1.0, 3.0, 2.0, 3.0];
+        assert_eq!(top_logits(&row, 3), vec![(1, 3.0), (3, 3.0), (2, 2.0)]);
+        let lse = log_sum_exp(&row);
+        let direct = row.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
+        assert!((lse - direct).abs() < 1e-12);
     }
 }

@@ -403,7 +403,7 @@ mod tests {
                 };
                 let x = random_activations(&mut rng, n_tokens * k);
                 // Alternate the plan's activation choice so both paths of every type run.
-                let activations = if (i + level as usize) % 2 == 0 {
+                let activations = if (i + level as usize).is_multiple_of(2) {
                     Activations::Q8
                 } else {
                     Activations::F32

@@ -113,13 +113,12 @@ impl<'p> Session<'p> {
         let mut matmul_types = Vec::new();
         for step in &h.steps {
             match step.kernel {
-                Kernel::Rope { n_rot, base, .. } => {
+                Kernel::Rope { n_rot, base, .. }
                     if !rope
                         .iter()
-                        .any(|t| t.base == base && t.n_rot == n_rot as usize)
-                    {
-                        rope.push(kernels::RopeTable::new(base, n_rot as usize, ctx));
-                    }
+                        .any(|t| t.base == base && t.n_rot == n_rot as usize) =>
+                {
+                    rope.push(kernels::RopeTable::new(base, n_rot as usize, ctx));
                 }
                 Kernel::MatMul { k, .. } => {
                     max_k = max_k.max(k as usize);

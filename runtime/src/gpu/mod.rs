@@ -123,7 +123,7 @@ impl<'p> GpuSession<'p> {
             (
                 "max_storage_buffer_binding_size",
                 req.max_storage_binding_bytes,
-                u64::from(have.max_storage_buffer_binding_size),
+                have.max_storage_buffer_binding_size,
             ),
             (
                 "max_buffer_size",

@@ -249,7 +249,7 @@ fn check_weight(w: &WeightInfo, section_len: u64) -> Result<(), String> {
             w.name, w.ty, w.dims, w.bytes
         ));
     }
-    if w.offset % WEIGHT_ALIGN != 0
+    if !w.offset.is_multiple_of(WEIGHT_ALIGN)
         || w.offset
             .checked_add(w.bytes)
             .is_none_or(|end| end > section_len)
