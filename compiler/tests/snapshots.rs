@@ -36,6 +36,21 @@ fn smollm2_graph() {
     insta::assert_snapshot!(llamac::compile::graph_listing(&file, OPTIONS).unwrap());
 }
 
+/// qwen2: Q/K/V biases, an untied head, rope base 1e6.
+#[test]
+fn qwen2_graph() {
+    let file = GgufFile::open(common::model("qwen2.5-0.5b-q4_k_m")).unwrap();
+    insta::assert_snapshot!(llamac::compile::graph_listing(&file, OPTIONS).unwrap());
+}
+
+/// gemma3: scaled embeddings, (1 + weight) norms as the GGUF stores them, q/k norms, post-norms,
+/// GeGLU, local layers with a 512-token window and rope base 1e4, every sixth layer global.
+#[test]
+fn gemma3_graph() {
+    let file = GgufFile::open(common::model("gemma3-270m-q4_k_m")).unwrap();
+    insta::assert_snapshot!(llamac::compile::graph_listing(&file, OPTIONS).unwrap());
+}
+
 #[test]
 fn listing_is_stable_from_run_to_run() {
     let file = GgufFile::from_bytes(TinyLlama::default().to_gguf()).unwrap();
