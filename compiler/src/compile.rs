@@ -107,3 +107,10 @@ pub fn graph_listing(input: &GgufFile, options: PipelineOptions) -> anyhow::Resu
     let compiled = crate::passes::run_pipeline(graph, input, options)?;
     Ok(compiled.graph.listing(Some(&compiled.schedule)))
 }
+
+/// The compiled graph in Graphviz DOT, for `--emit dot`.
+pub fn graph_dot(input: &GgufFile, options: PipelineOptions) -> anyhow::Result<String> {
+    let (graph, _) = crate::lower::lower(input)?;
+    let compiled = crate::passes::run_pipeline(graph, input, options)?;
+    Ok(compiled.graph.dot())
+}

@@ -37,8 +37,9 @@ enum Command {
         /// Most tokens evaluated in one step; longer prompts run in chunks of this size.
         #[arg(long = "batch", default_value_t = llamac::compile::DEFAULT_MAX_BATCH)]
         batch: u32,
-        /// Also emit an intermediate form: `graph` prints the compiled op graph (one line per op,
-        /// in schedule order); `wgsl DIR` and `msl DIR` write every GPU kernel (Metal Shading
+        /// Also emit an intermediate form: `graph` prints the compiled op graph to stdout (one line
+        /// per op, in schedule order), `dot` the same graph in Graphviz DOT, `plan` the plan's
+        /// readable header (RON); `wgsl DIR` and `msl DIR` write every GPU kernel (Metal Shading
         /// Language through naga, with `[[buffer(n)]]` slots) into DIR.
         #[arg(long, num_args = 1..=2, value_names = ["KIND", "DIR"])]
         emit: Vec<String>,
@@ -99,13 +100,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let emit = match emit.iter().map(String::as_str).collect::<Vec<_>>()[..] {
                 [] => None,
-                ["graph"] => Some(("graph", None)),
+                [kind @ ("graph" | "dot" | "plan")] => Some((kind, None)),
                 [kind @ ("wgsl" | "msl"), dir] => Some((kind, Some(PathBuf::from(dir)))),
                 [kind @ ("wgsl" | "msl")] => {
                     anyhow::bail!("--emit {kind} needs a directory: --emit {kind} DIR")
                 }
                 _ => anyhow::bail!(
-                    "--emit takes `graph`, `wgsl DIR` or `msl DIR`, not {:?}",
+                    "--emit takes `graph`, `dot`, `plan`, `wgsl DIR` or `msl DIR`, not {:?}",
                     emit.join(" ")
                 ),
             };
@@ -117,13 +118,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let summary = llamac::compile::compile(&model, &output, options)?;
             match emit {
-                Some(("graph", _)) => {
+                Some((kind @ ("graph" | "dot"), _)) => {
                     let file = GgufFile::open(&model)?;
                     let pipeline = llamac::passes::PipelineOptions {
                         ctx: summary.ctx,
                         max_batch: summary.max_batch,
                     };
-                    write_stdout(&llamac::compile::graph_listing(&file, pipeline)?)?;
+                    write_stdout(&if kind == "dot" {
+                        llamac::compile::graph_dot(&file, pipeline)?
+                    } else {
+                        llamac::compile::graph_listing(&file, pipeline)?
+                    })?;
+                }
+                Some(("plan", _)) => {
+                    let plan = llamart::plan::LoadedPlan::open(&output)?;
+                    write_stdout(&(plan.header_text() + "\n"))?;
                 }
                 Some((kind, Some(dir))) => {
                     let plan = llamart::plan::LoadedPlan::open(&output)?;

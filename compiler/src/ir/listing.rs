@@ -1,4 +1,5 @@
-//! A compact, stable text form of a graph for snapshots and `--emit graph`.
+//! Text forms of a graph: a compact, stable listing for snapshots and `--emit graph`, and
+//! Graphviz DOT for `--emit dot`.
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -42,4 +43,38 @@ pub fn render(g: &Graph, order: Option<&[NodeId]>) -> String {
     let outs: Vec<String> = g.outputs.iter().map(|&n| name_of(n)).collect();
     let _ = writeln!(out, "outputs: {}", outs.join(", "));
     out
+}
+
+/// The graph in Graphviz DOT: one box per node (op, attributes, type, name), edges labelled with
+/// the operand position.
+pub fn dot(g: &Graph) -> String {
+    use petgraph::dot::{Config, Dot};
+    let escape = |s: String| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let node_attrs = |_, (_, node): (NodeId, &super::Node)| {
+        let attrs = node.op.attributes();
+        let ty = node.ty.as_ref().map(|t| t.to_string()).unwrap_or_default();
+        format!(
+            "label=\"{}{}\\n{}\\n{}\" shape=box",
+            node.op.mnemonic(),
+            if attrs.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", escape(attrs))
+            },
+            escape(ty),
+            escape(node.name.clone()),
+        )
+    };
+    let edge_attrs = |_, e: petgraph::stable_graph::EdgeReference<'_, u8, u32>| {
+        format!("label=\"{}\"", e.weight())
+    };
+    format!(
+        "{:?}",
+        Dot::with_attr_getters(
+            &g.dag,
+            &[Config::NodeNoLabel, Config::EdgeNoLabel],
+            &edge_attrs,
+            &node_attrs,
+        )
+    )
 }

@@ -192,4 +192,9 @@ impl Graph {
     pub fn listing(&self, order: Option<&[NodeId]>) -> String {
         listing::render(self, order)
     }
+
+    /// The graph in Graphviz DOT.
+    pub fn dot(&self) -> String {
+        listing::dot(self)
+    }
 }
