@@ -105,3 +105,41 @@ fn longer_batches_than_the_plan_allows_and_full_contexts_are_errors() {
         llamart::cpu::EvalError::Empty
     ));
 }
+
+/// The head (final norm and LM head) on the last row alone, and a prefill that skips it, give
+/// exactly the logits of full evaluations: rows never depend on other rows of a step.
+#[test]
+fn last_row_and_prefill_paths_equal_full_evaluation() {
+    let golden = golden(MODEL);
+    let plan = plan();
+    let ids = ids_of(&golden["cases"][1]["teacher_forced"]["ids"]);
+    let n_vocab = plan.header.model.n_vocab as usize;
+    let mut session = Session::new(&plan, 2).unwrap();
+    let full = session.eval(&ids).unwrap().to_vec();
+    let last_row = &full[(ids.len() - 1) * n_vocab..];
+
+    session.reset();
+    assert_eq!(session.eval_last(&ids).unwrap(), last_row);
+
+    // Prefill all but 3 tokens, in two chunks, then take the last of the rest in one step.
+    let split = ids.len() - 3;
+    session.reset();
+    session.prefill(&ids[..split / 2]).unwrap();
+    session.prefill(&ids[split / 2..split]).unwrap();
+    assert_eq!(session.n_past(), split);
+    assert_eq!(session.eval_last(&ids[split..]).unwrap(), last_row);
+
+    // And decoding after a prefill: each single-token step as in the full evaluation.
+    session.reset();
+    session.prefill(&ids[..split]).unwrap();
+    for (i, &id) in ids[split..].iter().enumerate() {
+        let row = session.eval(&[id]).unwrap();
+        let want = &full[(split + i) * n_vocab..][..n_vocab];
+        let worst = row
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst <= 1e-3, "token {}: {worst}", split + i);
+    }
+}

@@ -235,11 +235,18 @@ const TOLERANCE: f64 = 1e-6;
 fn compare(label: &str, path: &std::path::Path) {
     let plan = LoadedPlan::open(path).unwrap();
     let mut cpu = Session::new(&plan, 2).unwrap();
+    let mut last = Session::new(&plan, 2).unwrap();
     let mut gpu = GpuSession::new(&plan).unwrap();
     let n_vocab = plan.header.model.n_vocab;
     for tokens in [&[1u32, 5, 2, 6, 0][..], &[3], &[4]] {
         let tokens: Vec<u32> = tokens.iter().map(|t| t % n_vocab).collect();
         let c = cpu.eval(&tokens).unwrap().to_vec();
+        let row = c.len() / tokens.len();
+        assert_eq!(
+            last.eval_last(&tokens).unwrap(),
+            &c[c.len() - row..],
+            "{label}: the CPU's last-row path differs from its full evaluation"
+        );
         let g = gpu.eval(&tokens).unwrap();
         let e = nmse(g, &c);
         if std::env::var_os("SHOW_NMSE").is_some() {

@@ -59,8 +59,9 @@ pub fn run(
     let pp_once = |s: &mut dyn Evaluator| -> Result<f64, EvalError> {
         s.reset();
         let start = Instant::now();
+        // As llama-bench does: each chunk's last token's logits are computed.
         for chunk in prompt.chunks(max_batch) {
-            s.eval(chunk)?;
+            s.eval_last(chunk)?;
         }
         Ok(start.elapsed().as_secs_f64())
     };

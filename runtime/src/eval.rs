@@ -145,7 +145,7 @@ pub fn generate(
         (init, last)
     };
     for chunk in init.chunks(max_batch) {
-        session.eval(chunk)?;
+        session.prefill(chunk)?;
     }
     let mut step = |session: &mut dyn Evaluator,
                     tokens: &[u32],
@@ -157,8 +157,7 @@ pub fn generate(
                 sampler.sample_candidates(&candidates)
             }
             None => {
-                let logits = session.eval(tokens)?;
-                row.copy_from_slice(&logits[logits.len() - n_vocab..]);
+                row.copy_from_slice(session.eval_last(tokens)?);
                 sampler.sample(&row)
             }
         })
@@ -204,6 +203,15 @@ pub trait Evaluator {
     fn n_past(&self) -> usize;
     /// Which backend this is, for reports.
     fn backend(&self) -> &'static str;
+    /// Evaluates `tokens` for the cache only, where the backend can skip the logits.
+    fn prefill(&mut self, tokens: &[u32]) -> Result<(), EvalError> {
+        self.eval(tokens).map(|_| ())
+    }
+    /// Evaluates `tokens` and returns the last token's row of logits.
+    fn eval_last(&mut self, tokens: &[u32]) -> Result<&[f32], EvalError> {
+        let logits = self.eval(tokens)?;
+        Ok(&logits[logits.len() / tokens.len().max(1) * tokens.len().saturating_sub(1)..])
+    }
     /// Evaluates `tokens` and puts the last token's `k` largest logits (largest first) in `out`
     /// (capacity for a whole row avoids allocation); returns that row's log-sum-exp. The GPU does
     /// this on the device and reads back only the candidates.
@@ -213,8 +221,7 @@ pub trait Evaluator {
         k: usize,
         out: &mut Vec<(u32, f32)>,
     ) -> Result<f64, EvalError> {
-        let logits = self.eval(tokens)?;
-        let row = &logits[logits.len() / tokens.len() * (tokens.len() - 1)..];
+        let row = self.eval_last(tokens)?;
         top_logits_into(row, k, out);
         Ok(log_sum_exp(row))
     }
@@ -236,6 +243,12 @@ impl Evaluator for Session<'_> {
     }
     fn backend(&self) -> &'static str {
         "cpu"
+    }
+    fn prefill(&mut self, tokens: &[u32]) -> Result<(), EvalError> {
+        Session::prefill(self, tokens)
+    }
+    fn eval_last(&mut self, tokens: &[u32]) -> Result<&[f32], EvalError> {
+        Session::eval_last(self, tokens)
     }
 }
 
