@@ -215,17 +215,9 @@ impl<'p> Session<'p> {
     /// Evaluates `tokens` after the cached ones and returns their logits, one row of `n_vocab`
     /// values per token.
     pub fn eval(&mut self, tokens: &[u32]) -> Result<&[f32], EvalError> {
-        let h = &self.plan.header;
-        check_step(h, self.n_past + self.kv_write_shift, tokens)?;
+        self.eval_body(tokens)?;
         let n = tokens.len();
-        let Buf::Arena { offset, .. } = h.token_ids else {
-            unreachable!("validated")
-        };
-        let ids = &mut self.arena.0[offset as usize / 4..][..n];
-        for (slot, &id) in ids.iter_mut().zip(tokens) {
-            *slot = f32::from_bits(id);
-        }
-        for step in 0..h.steps.len() {
+        for step in self.head_from..self.plan.header.steps.len() {
             self.run_step(step, n, 0);
         }
         self.n_past += n;
