@@ -73,7 +73,7 @@ pub fn compile(
     let report = crate::report::report(
         &emitted.header,
         &emitted.step_names,
-        &compiled.passes,
+        crate::passes::PASSES,
         options.bandwidth_gbps,
     );
     let tokenizer =
@@ -101,16 +101,22 @@ pub fn compile(
     })
 }
 
+/// The model lowered and run through every pass.
+fn compiled_graph(
+    input: &GgufFile,
+    options: PipelineOptions,
+) -> anyhow::Result<crate::passes::Compiled> {
+    let (graph, _) = crate::lower::lower(input)?;
+    Ok(crate::passes::run_pipeline(graph, input, options)?)
+}
+
 /// The compiled graph as text, for `--emit graph` and snapshot tests.
 pub fn graph_listing(input: &GgufFile, options: PipelineOptions) -> anyhow::Result<String> {
-    let (graph, _) = crate::lower::lower(input)?;
-    let compiled = crate::passes::run_pipeline(graph, input, options)?;
+    let compiled = compiled_graph(input, options)?;
     Ok(compiled.graph.listing(Some(&compiled.schedule)))
 }
 
 /// The compiled graph in Graphviz DOT, for `--emit dot`.
 pub fn graph_dot(input: &GgufFile, options: PipelineOptions) -> anyhow::Result<String> {
-    let (graph, _) = crate::lower::lower(input)?;
-    let compiled = crate::passes::run_pipeline(graph, input, options)?;
-    Ok(compiled.graph.dot())
+    Ok(compiled_graph(input, options)?.graph.dot())
 }

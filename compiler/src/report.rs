@@ -89,7 +89,6 @@ pub fn report(
         }
     }
     let dispatches = header.gpu.dispatches.len() + 1;
-    let bytes_read_per_decode_token = bytes_read;
     let ctx = header.limits.ctx;
     Report {
         passes: passes.iter().map(|p| p.to_string()).collect(),
@@ -101,7 +100,7 @@ pub fn report(
         dispatches_per_layer: per_layer.values().copied().max().unwrap_or(0),
         dispatches_outside_layers: outside,
         weight_bytes: header.weights.iter().map(|w| w.bytes).sum(),
-        bytes_read_per_decode_token,
+        bytes_read_per_decode_token: bytes_read,
         flops_per_decode_token: flops,
         attention_flops_per_cached_token,
         arena_bytes: header.arena.bytes,
@@ -111,7 +110,7 @@ pub fn report(
         max_batch: header.limits.max_batch,
         bandwidth_gbps,
         roofline_tokens_per_second: bandwidth_gbps
-            .map(|gbps| gbps * 1e9 / bytes_read_per_decode_token.max(1) as f64),
+            .map(|gbps| gbps * 1e9 / bytes_read.max(1) as f64),
     }
 }
 

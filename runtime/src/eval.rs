@@ -210,7 +210,7 @@ pub trait Evaluator {
     /// Evaluates `tokens` and returns the last token's row of logits.
     fn eval_last(&mut self, tokens: &[u32]) -> Result<&[f32], EvalError> {
         let logits = self.eval(tokens)?;
-        Ok(&logits[logits.len() / tokens.len().max(1) * tokens.len().saturating_sub(1)..])
+        Ok(&logits[logits.len() / tokens.len() * (tokens.len() - 1)..])
     }
     /// Evaluates `tokens` and puts the last token's `k` largest logits (largest first) in `out`
     /// (capacity for a whole row avoids allocation); returns that row's log-sum-exp. The GPU does

@@ -38,9 +38,17 @@ pub struct Compiled {
     pub schedule: Vec<NodeId>,
     pub memory: memory::MemoryPlan,
     pub kv: llamart::plan::KvLayout,
-    /// The passes that ran, in order.
-    pub passes: Vec<&'static str>,
 }
+
+/// The passes [`run_pipeline`] runs, by module name, in its order (for the compile report).
+pub const PASSES: &[&str] = &[
+    "shape_inference",
+    "constant_fold",
+    "dce",
+    "schedule",
+    "memory",
+    "kv_layout",
+];
 
 /// The whole pipeline. Each pass is its own module with its own tests; this list is the only place
 /// that orders them.
@@ -60,13 +68,5 @@ pub fn run_pipeline(
         schedule,
         memory,
         kv,
-        passes: vec![
-            "shape_inference",
-            "constant_fold",
-            "dce",
-            "schedule",
-            "memory",
-            "kv_layout",
-        ],
     })
 }

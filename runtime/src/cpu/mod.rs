@@ -97,7 +97,8 @@ pub struct Session<'p> {
     scratch: Vec<std::sync::Mutex<matmul::Scratch>>,
     /// The matrix products' threads, kernels, quantized-activation buffers and packed weights.
     matmul: matmul::MatMul,
-    /// The head: the steps from this index on (after the last attention) work row by row and
+    /// The head: the steps from this index on (after the last attention or rope, the only
+    /// kernels whose rows depend on other rows or on positions) work row by row and
     /// feed only the logits, so a prefill skips them and a step whose last row alone is wanted
     /// runs them on that row.
     head_from: usize,

@@ -125,26 +125,16 @@ pub struct ModelInfo {
 
 /// How matrix products take their activations: a numerics choice made at compile time
 /// (`llamac compile --activations`) that both backends follow.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Activations {
     /// As llama.cpp does on the CPU: products over Q4_0, Q4_1, Q5_1 and Q8_0 weights round their
     /// activations to 8-bit blocks (Q8_0 or Q8_1) and multiply with integer dot products; the
     /// other types multiply f32. The fast choice for the CPU. The GPU kernels have no integer
     /// product, so the GPU path multiplies f32 and gives the results of `F32`.
-    #[default]
     Q8,
     /// Every product multiplies f32 activations, on both backends, so the CPU and the GPU
     /// compute the same function and differ only by the order of their sums.
     F32,
-}
-
-impl Activations {
-    pub fn name(self) -> &'static str {
-        match self {
-            Activations::Q8 => "q8",
-            Activations::F32 => "f32",
-        }
-    }
 }
 
 impl std::str::FromStr for Activations {

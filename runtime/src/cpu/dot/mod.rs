@@ -80,9 +80,9 @@ pub enum ActFormat {
     Q8K,
 }
 
-/// Weight types whose products quantize the activations (to [`ActFormat::vec_dot_type`]); the
-/// others are multiplied with f32 activations. Both backends follow this choice (the GPU
-/// reproduces the CPU's products), through [`ActFormat::for_weight`].
+/// Weight types whose products quantize the activations (to [`ActFormat::vec_dot_type`]) in a plan
+/// compiled with [`crate::plan::Activations::Q8`]; the others are multiplied with f32 activations.
+/// The GPU path always multiplies f32.
 ///
 /// Quantizing activations as llama.cpp does gives errors of llama.cpp's size, but the golden
 /// tests bound ours by 1.5 times llama.cpp's own on every case, and a different realization of
