@@ -30,8 +30,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         first = (d % 2u) == 0u;
         partner = d ^ 1u;
     }
-    let pos = f32(params.n_past + t);
-    let theta = pos * exp2(-2.0 * f32(i) / f32(N_ROT) * log2(BASE));
+    let theta = rope_theta(params.n_past + t, i);
     let c = cos(theta);
     let s = sin(theta);
     let v = x[head + d];

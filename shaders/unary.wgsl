@@ -12,11 +12,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let e = t * N + i;
     let v = x[e];
-    if (OP == 0u) {
-        y[e] = v / (1.0 + exp(-v));
-    } else if (OP == 1u) {
-        y[e] = 0.5 * v * (1.0 + tanh(0.7978846 * v * (1.0 + 0.044715 * v * v)));
-    } else {
+    if (OP == 2u) {
         y[e] = v * FACTOR;
+    } else {
+        y[e] = activation(v, OP);
     }
 }

@@ -458,12 +458,148 @@ fn attention_with_grouped_heads_windows_and_a_growing_cache() {
             head_dim,
             scale: 1.0 / (head_dim as f32).sqrt(),
             window,
+            append: true,
         };
         let out = b.op(kernel, vec![q, k, v], n_head * head_dim);
         compare(
             &format!("attention {n_head}/{n_kv_head}x{head_dim} window {window:?}"),
             &b.finish(out, n_head * head_dim, kv),
         );
+    }
+}
+
+fn no_kv() -> KvLayout {
+    KvLayout {
+        bytes: 0,
+        layers: vec![],
+    }
+}
+
+/// The fused product archetype: every epilogue, with and without the RMSNorm prologue, over the
+/// weight types the models use.
+#[test]
+fn fused_products_with_every_prologue_and_epilogue() {
+    if !gpu_available() {
+        return;
+    }
+    for ty in [
+        GgmlType::F32,
+        GgmlType::Q4_1,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ] {
+        let k = 2 * ty.block_len().max(64) as u32;
+        for norm in [None, Some(1e-5f32)] {
+            let label = |what: &str| format!("fused {what} {ty} k={k} norm={norm:?}");
+            let inputs = |b: &mut Builder, x: Buf, w: Buf| {
+                let mut inputs = vec![x, w];
+                if norm.is_some() {
+                    inputs.push(b.weight(GgmlType::F32, &[k.into()]));
+                }
+                inputs
+            };
+            for n in [3u32, 130] {
+                let mut b = Builder::new(u64::from(k + n));
+                let x = b.input(k);
+                let w = b.weight(ty, &[k.into(), n.into()]);
+                let ins = inputs(&mut b, x, w);
+                let store = Kernel::FusedMatMul {
+                    k,
+                    n,
+                    norm,
+                    epilogue: Epilogue::Store,
+                };
+                let y = b.op(store, ins, n);
+                compare(&label(&format!("store n={n}")), &b.finish(y, n, no_kv()));
+
+                let mut b = Builder::new(u64::from(k + n) + 1);
+                let x = b.input(k);
+                let r = b.input(n);
+                let w = b.weight(ty, &[k.into(), n.into()]);
+                let mut ins = inputs(&mut b, x, w);
+                ins.push(r);
+                let add = Kernel::FusedMatMul {
+                    k,
+                    n,
+                    norm,
+                    epilogue: Epilogue::Add,
+                };
+                let y = b.op(add, ins, n);
+                compare(&label(&format!("add n={n}")), &b.finish(y, n, no_kv()));
+            }
+            for op in [UnaryOp::Silu, UnaryOp::GeluTanh] {
+                let n = 2 * 67;
+                let mut b = Builder::new(u64::from(k) + 2);
+                let x = b.input(k);
+                let w = b.weight(ty, &[k.into(), n.into()]);
+                let ins = inputs(&mut b, x, w);
+                let glu = Kernel::FusedMatMul {
+                    k,
+                    n,
+                    norm,
+                    epilogue: Epilogue::Glu(op),
+                };
+                let y = b.op(glu, ins, n / 2);
+                compare(&label(&format!("glu {op:?}")), &b.finish(y, n / 2, no_kv()));
+            }
+            for (n_head, n_kv_head, head_dim, n_rot, neox, bias) in [
+                (4u32, 2u32, 16u32, 16u32, false, false),
+                (3, 1, 32, 16, true, true),
+            ] {
+                let n = (n_head + 2 * n_kv_head) * head_dim;
+                let mut b = Builder::new(u64::from(k + n));
+                let x = b.input(k);
+                let w = b.weight(ty, &[k.into(), n.into()]);
+                let mut ins = inputs(&mut b, x, w);
+                if bias {
+                    ins.push(b.weight(GgmlType::F32, &[n.into()]));
+                }
+                let region = (16 * n_kv_head * head_dim * 4).div_ceil(256) as u64 * 256;
+                let kv = KvLayout {
+                    bytes: 2 * region,
+                    layers: vec![KvLayer {
+                        k_offset: 0,
+                        v_offset: region,
+                        n_kv_head,
+                        head_dim,
+                    }],
+                };
+                let qkv = Kernel::FusedMatMul {
+                    k,
+                    n,
+                    norm,
+                    epilogue: Epilogue::RopeKv {
+                        layer: 0,
+                        n_head,
+                        n_kv_head,
+                        head_dim,
+                        n_rot,
+                        base: 10000.0,
+                        neox,
+                        bias,
+                    },
+                };
+                let q = b.op(qkv, ins, n_head * head_dim);
+                // The attention reads the keys and values the product stored, so its output checks
+                // the cache as well as q.
+                let attention = Kernel::Attention {
+                    layer: 0,
+                    n_head,
+                    n_kv_head,
+                    head_dim,
+                    scale: 0.25,
+                    window: None,
+                    append: false,
+                };
+                let y = b.op(attention, vec![q], n_head * head_dim);
+                compare(
+                    &label(&format!(
+                        "rope_kv {n_head}/{n_kv_head}x{head_dim} rot {n_rot} neox {neox} bias {bias}"
+                    )),
+                    &b.finish(y, n_head * head_dim, kv),
+                );
+            }
+        }
     }
 }
 
@@ -525,5 +661,36 @@ fn weights_split_across_bindings_give_the_same_result() {
                 max_binding,
             ),
         );
+
+        // A fused head (norm prologue, residual epilogue) split the same way.
+        let mut b = Builder::new(13);
+        let x = b.input(k);
+        // The residual comes from a (split) product: an embedding table of 1000-value rows would
+        // not fit the small bindings.
+        let w_r = b.weight(ty, &[k.into(), n.into()]);
+        let r = b.op(Kernel::MatMul { k, n }, vec![x, w_r], n);
+        let w = b.weight(ty, &[k.into(), n.into()]);
+        let norm_w = b.weight(GgmlType::F32, &[k.into()]);
+        let fused = Kernel::FusedMatMul {
+            k,
+            n,
+            norm: Some(1e-6),
+            epilogue: Epilogue::Add,
+        };
+        let y = b.op(fused, vec![x, w, norm_w, r], n);
+        let path = b.finish_with_max_binding(y, n, no_kv(), max_binding);
+        let plan = LoadedPlan::open(&path).unwrap();
+        let parts = plan
+            .header
+            .gpu
+            .dispatches
+            .iter()
+            .filter(|d| d.step == 2)
+            .count();
+        assert!(
+            parts >= 2,
+            "{ty}: {parts} dispatches for a fused weight of 1000 rows"
+        );
+        compare(&format!("split fused {ty}"), &path);
     }
 }

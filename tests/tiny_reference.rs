@@ -146,6 +146,7 @@ fn check(model: TinyLlama, batch: u32) {
         max_batch: batch,
         activations: llamart::plan::Activations::Q8,
         bandwidth_gbps: None,
+        disabled: llamac::passes::PassSet::NONE,
     };
     llamac::compile::compile(&gguf, &plan_path, options).unwrap();
     let plan = LoadedPlan::open(&plan_path).unwrap();

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Context;
 
 use crate::gguf::GgufFile;
-use crate::passes::PipelineOptions;
+use crate::passes::{PassSet, PipelineOptions};
 use llamart::plan::Activations;
 
 #[derive(Clone, Copy, Debug)]
@@ -18,6 +18,8 @@ pub struct CompileOptions {
     pub activations: Activations,
     /// Memory bandwidth for the report's roofline, GB/s.
     pub bandwidth_gbps: Option<f64>,
+    /// Optional passes not to run.
+    pub disabled: PassSet,
 }
 
 /// Default KV cache length when `--ctx` is not given: enough for chat, small enough to allocate
@@ -67,13 +69,14 @@ pub fn compile(
     let pipeline = PipelineOptions {
         ctx,
         max_batch: options.max_batch.min(ctx),
+        disabled: options.disabled,
     };
     let compiled = crate::passes::run_pipeline(graph, &file, pipeline)?;
     let emitted = crate::emit::emit(&compiled, &file, &hp, pipeline, options.activations)?;
     let report = crate::report::report(
         &emitted.header,
         &emitted.step_names,
-        crate::passes::PASSES,
+        &compiled.passes,
         options.bandwidth_gbps,
     );
     let tokenizer =
@@ -83,7 +86,7 @@ pub fn compile(
         output,
         &emitted.header,
         &tokenizer_json,
-        emitted.weights.iter().map(|w| w.as_slice()),
+        emitted.weights.iter().map(|w| w.as_ref()),
     )
     .with_context(|| format!("writing {}", output.display()))?;
     Ok(CompileSummary {

@@ -9,7 +9,7 @@ use llamart::plan::{
 use thiserror::Error;
 
 use crate::gguf::GgufFile;
-use crate::ir::{Dim, Graph, NodeId, Op, WeightData};
+use crate::ir::{Dim, Graph, NodeId, Op};
 use crate::lower::Hparams;
 use crate::passes::memory::storage_root;
 use crate::passes::{Compiled, PipelineOptions};
@@ -23,19 +23,7 @@ pub enum EmitError {
 }
 
 /// A weight's bytes: borrowed from the GGUF file or computed by the compiler.
-pub enum WeightBytes<'a> {
-    Borrowed(&'a [u8]),
-    Owned(Vec<u8>),
-}
-
-impl WeightBytes<'_> {
-    pub fn as_slice(&self) -> &[u8] {
-        match self {
-            WeightBytes::Borrowed(b) => b,
-            WeightBytes::Owned(v) => v,
-        }
-    }
-}
+pub type WeightBytes<'a> = std::borrow::Cow<'a, [u8]>;
 
 pub struct Emitted<'a> {
     pub header: PlanHeader,
@@ -61,15 +49,8 @@ pub fn emit<'a>(
         let node = g.node(id);
         if let Op::Weight { data, ty, dims } = &node.op {
             let index = *weight_index.entry(id).or_insert_with(|| {
-                let bytes = match data {
-                    WeightData::Gguf(name) => WeightBytes::Borrowed(
-                        file.tensor_data(file.tensor(name).expect("lowering checked the tensor")),
-                    ),
-                    WeightData::Computed(values) => {
-                        WeightBytes::Owned(bytemuck::cast_slice(values).to_vec())
-                    }
-                };
-                let len = bytes.as_slice().len() as u64;
+                let bytes = data.bytes(file).expect("lowering checked the tensors");
+                let len = bytes.len() as u64;
                 weights.push(WeightInfo {
                     name: node.name.clone(),
                     ty: *ty,
@@ -168,6 +149,25 @@ fn fixed(d: &Dim) -> u32 {
     }
 }
 
+/// The dims of a product's weight, if the CPU multiplies its type (the error says which types it
+/// does).
+fn product_weight(g: &Graph, w: NodeId) -> Result<&[u64], String> {
+    let Op::Weight { ty, dims, .. } = &g.node(w).op else {
+        unreachable!("typed as weight")
+    };
+    if !llamart::cpu::matmul_supports(*ty) {
+        return Err(format!(
+            "matrix product with {ty} weights is not supported (supported: {})",
+            llamart::cpu::MATMUL_TYPES
+                .iter()
+                .map(|t| t.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Ok(dims)
+}
+
 fn kernel_for(g: &Graph, id: NodeId) -> Result<Kernel, EmitError> {
     let node = g.node(id);
     let ty = g.ty(id);
@@ -199,22 +199,19 @@ fn kernel_for(g: &Graph, id: NodeId) -> Result<Kernel, EmitError> {
             }
         }
         Op::MatMul => {
-            let Op::Weight { ty: wt, dims, .. } = &g.node(operands[1]).op else {
-                unreachable!("typed as weight")
-            };
-            if !llamart::cpu::matmul_supports(*wt) {
-                return Err(unsupported(format!(
-                    "matrix product with {wt} weights is not supported (supported: {})",
-                    llamart::cpu::MATMUL_TYPES
-                        .iter()
-                        .map(|t| t.name())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
+            let dims = product_weight(g, operands[1]).map_err(unsupported)?;
             Kernel::MatMul {
                 k: dims[0] as u32,
                 n: dims[1] as u32,
+            }
+        }
+        Op::FusedMatMul { norm, epilogue } => {
+            let dims = product_weight(g, operands[1]).map_err(unsupported)?;
+            Kernel::FusedMatMul {
+                k: dims[0] as u32,
+                n: dims[1] as u32,
+                norm: *norm,
+                epilogue: *epilogue,
             }
         }
         Op::Add => Kernel::Add {
@@ -250,14 +247,17 @@ fn kernel_for(g: &Graph, id: NodeId) -> Result<Kernel, EmitError> {
             scale,
             window,
         } => {
-            let k = g.ty(operands[1]);
+            let (n_kv_head, _) = g
+                .attention_kv_heads(id)
+                .expect("shape inference checked attention operands");
             Kernel::Attention {
                 layer: *layer,
                 n_head: fixed(&ty.shape[1]),
-                n_kv_head: fixed(&k.shape[1]),
+                n_kv_head: n_kv_head as u32,
                 head_dim: fixed(&ty.shape[2]),
                 scale: *scale,
                 window: *window,
+                append: operands.len() == 3,
             }
         }
         Op::TokenIds | Op::Weight { .. } | Op::Reshape(_) => unreachable!("not kernels"),

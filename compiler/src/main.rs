@@ -57,6 +57,11 @@ enum Command {
         /// bytes_read_per_decode_token, flops_per_decode_token, arena_bytes, kv_bytes, passes).
         #[arg(long = "report-json", value_name = "FILE")]
         report_json: Option<PathBuf>,
+        /// Do not run optimization pass NAME (repeatable): constant_fold, fuse_qkv,
+        /// fuse_gated_ffn, fuse_residual_add or fold_rms_norm. The plan computes the same logits
+        /// with more steps; for comparing and debugging the fusions.
+        #[arg(long = "disable-pass", value_name = "NAME")]
+        disable_pass: Vec<String>,
     },
 }
 
@@ -92,7 +97,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             activations,
             bandwidth,
             report_json,
+            disable_pass,
         } => {
+            let disabled = llamac::passes::PassSet::from_names(&disable_pass)
+                .map_err(|e| anyhow::anyhow!("--disable-pass: {e}"))?;
             if let Some(b) = bandwidth {
                 if !(b.is_finite() && b > 0.0) {
                     anyhow::bail!("--bandwidth must be a positive number of GB/s, not {b}");
@@ -115,6 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 max_batch: batch,
                 activations: activations.parse().map_err(anyhow::Error::msg)?,
                 bandwidth_gbps: bandwidth,
+                disabled,
             };
             let summary = llamac::compile::compile(&model, &output, options)?;
             match emit {
@@ -123,6 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     let pipeline = llamac::passes::PipelineOptions {
                         ctx: summary.ctx,
                         max_batch: summary.max_batch,
+                        disabled,
                     };
                     write_stdout(&if kind == "dot" {
                         llamac::compile::graph_dot(&file, pipeline)?

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use llamart::plan::{Buf, Kernel, PlanHeader};
+use llamart::plan::{Buf, Epilogue, Kernel, PlanHeader};
 use serde::Serialize;
 
 /// Everything `llamac compile` prints and `--report-json` writes. The key names are an interface:
@@ -125,6 +125,7 @@ fn kernel_name(k: &Kernel) -> &'static str {
         Kernel::Unary { .. } => "unary",
         Kernel::Rope { .. } => "rope",
         Kernel::Attention { .. } => "attention",
+        Kernel::FusedMatMul { .. } => "fused_matmul",
     }
 }
 
@@ -135,6 +136,28 @@ fn flops_of(k: &Kernel) -> (u64, u64) {
         Kernel::Embed { .. } => (0, 0),
         Kernel::RmsNorm { n: len, groups, .. } => (4 * n(len) * n(groups), 0),
         Kernel::MatMul { k, n: rows } => (2 * n(k) * n(rows), 0),
+        Kernel::FusedMatMul {
+            k,
+            n: rows,
+            norm,
+            epilogue,
+        } => {
+            let prologue = if norm.is_some() { 4 * n(k) } else { 0 };
+            let out = u64::from(epilogue.output_len(*rows));
+            let epilogue = match epilogue {
+                Epilogue::Store => 0,
+                Epilogue::Add => out,
+                Epilogue::Glu(_) => 11 * out,
+                Epilogue::RopeKv {
+                    n_head,
+                    n_kv_head,
+                    n_rot,
+                    bias,
+                    ..
+                } => 3 * (n(n_head) + n(n_kv_head)) * n(n_rot) + if *bias { n(rows) } else { 0 },
+            };
+            (prologue + 2 * n(k) * n(rows) + epilogue, 0)
+        }
         Kernel::Add { n: len, .. } | Kernel::Mul { n: len, .. } | Kernel::Scale { n: len, .. } => {
             (n(len), 0)
         }

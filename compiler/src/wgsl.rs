@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::fmt::Write;
 
 use llamart::plan::{
-    Buf, GpuBinding, GpuDispatch, GpuKernel, GpuRequirements, GpuSection, Kernel, PlanHeader,
-    UnaryOp,
+    Buf, Epilogue, GpuBinding, GpuDispatch, GpuKernel, GpuRequirements, GpuSection, Kernel,
+    PlanHeader, UnaryOp,
 };
 use llamart::GgmlType;
 use thiserror::Error;
@@ -33,6 +33,12 @@ pub enum GpuError {
     },
     #[error("step {step}: no GPU kernel reads {ty} weights")]
     UnsupportedType { step: usize, ty: GgmlType },
+    #[error("step {step}: the fused product over '{name}' ({bytes} bytes) needs its whole weight in one storage binding (compile with --disable-pass for its fusion)")]
+    FusedTooLarge {
+        step: usize,
+        name: String,
+        bytes: u64,
+    },
     #[error("step {step}: one row of weight '{name}' ({bytes} bytes) exceeds a storage binding")]
     RowTooLarge {
         step: usize,
@@ -49,8 +55,14 @@ fn shader(name: &str) -> &'static str {
         "matmul" => include_str!("../../shaders/matmul.wgsl"),
         "binary_rows" => include_str!("../../shaders/binary_rows.wgsl"),
         "binary_broadcast" => include_str!("../../shaders/binary_broadcast.wgsl"),
-        "unary" => include_str!("../../shaders/unary.wgsl"),
-        "rope" => include_str!("../../shaders/rope.wgsl"),
+        "unary" => concat!(
+            include_str!("../../shaders/activation.wgsl"),
+            include_str!("../../shaders/unary.wgsl")
+        ),
+        "rope" => concat!(
+            include_str!("../../shaders/rotary.wgsl"),
+            include_str!("../../shaders/rope.wgsl")
+        ),
         "kv_store" => include_str!("../../shaders/kv_store.wgsl"),
         "attention" => include_str!("../../shaders/attention.wgsl"),
         "top_k" => include_str!("../../shaders/top_k.wgsl"),
@@ -81,6 +93,7 @@ pub fn gpu_supports(ty: GgmlType) -> bool {
 }
 
 /// A constant baked into a kernel.
+#[derive(Clone, Copy)]
 enum Const {
     U(u64),
     F(f32),
@@ -89,6 +102,13 @@ enum Const {
 
 /// Assembles a kernel: constants, the shared prelude, the weight decoder, the op.
 fn module(op: &str, weight: Option<GgmlType>, consts: &[(&str, Const)]) -> String {
+    let mut src = prelude(weight, consts);
+    src.push_str(shader(op));
+    src
+}
+
+/// Constants, the shared prelude and the weight decoder: what every kernel starts with.
+fn prelude(weight: Option<GgmlType>, consts: &[(&str, Const)]) -> String {
     let mut src = String::new();
     for (name, value) in consts {
         let _ = match value {
@@ -103,7 +123,58 @@ fn module(op: &str, weight: Option<GgmlType>, consts: &[(&str, Const)]) -> Strin
         let decoder = weight_decoder(ty).expect("checked by the caller");
         src.push_str(decoder);
     }
-    src.push_str(shader(op));
+    src
+}
+
+/// A storage binding of a fused kernel: name, whether the kernel only reads it through a
+/// read-only view (weights; arena and cache buffers are bound several times in one dispatch, so
+/// they are always read-write), element type.
+struct Decl(&'static str, bool, &'static str);
+
+/// The fused matrix product: prologue, epilogue and bindings chosen by the step, assembled around
+/// shaders/fused/matmul.wgsl.
+fn fused_module(
+    weight: GgmlType,
+    consts: &[(&str, Const)],
+    decls: &[Decl],
+    norm: bool,
+    epilogue: &Epilogue,
+) -> String {
+    let mut src = prelude(Some(weight), consts);
+    for (i, Decl(name, read_only, elem)) in decls.iter().enumerate() {
+        let access = if *read_only { "read" } else { "read_write" };
+        let _ = writeln!(
+            src,
+            "@group(0) @binding({}) var<storage, {access}> {name}: array<{elem}>;",
+            i + 1
+        );
+    }
+    src.push_str(if norm {
+        include_str!("../../shaders/fused/prologue_rms_norm.wgsl")
+    } else {
+        include_str!("../../shaders/fused/prologue_none.wgsl")
+    });
+    let epilogue_src = match epilogue {
+        Epilogue::Store => include_str!("../../shaders/fused/epilogue_store.wgsl"),
+        Epilogue::Add => include_str!("../../shaders/fused/epilogue_add.wgsl"),
+        Epilogue::Glu(_) => concat!(
+            include_str!("../../shaders/activation.wgsl"),
+            include_str!("../../shaders/fused/epilogue_glu.wgsl")
+        ),
+        Epilogue::RopeKv { bias, .. } => {
+            src.push_str(if *bias {
+                "fn bias_at(r: u32) -> f32 {\n    return bias[r];\n}\n"
+            } else {
+                "fn bias_at(r: u32) -> f32 {\n    return 0.0;\n}\n"
+            });
+            concat!(
+                include_str!("../../shaders/rotary.wgsl"),
+                include_str!("../../shaders/fused/epilogue_rope_kv.wgsl")
+            )
+        }
+    };
+    src.push_str(epilogue_src);
+    src.push_str(include_str!("../../shaders/fused/matmul.wgsl"));
     src
 }
 
@@ -200,6 +271,22 @@ impl Emitter<'_> {
             },
             Buf::Weight(_) => unreachable!("an activation operand"),
         }
+    }
+
+    /// The K and V regions of layer `layer`'s cache.
+    fn kv_bindings(&self, layer: u32) -> (GpuBinding, GpuBinding) {
+        let lay = self.h.kv.layers[layer as usize];
+        let size = u64::from(self.h.limits.ctx) * lay.row_len() as u64 * 4;
+        (
+            GpuBinding::Kv {
+                offset: lay.k_offset,
+                size,
+            },
+            GpuBinding::Kv {
+                offset: lay.v_offset,
+                size,
+            },
+        )
     }
 
     fn whole_weight(&self, b: &Buf) -> GpuBinding {
@@ -321,6 +408,107 @@ impl Emitter<'_> {
                     self.dispatch(i, kern, bindings, groups(np), MATMUL_TILE);
                 }
             }
+            Kernel::FusedMatMul {
+                k,
+                n,
+                norm,
+                epilogue,
+            } => {
+                let (ty, row_bytes, parts) = self.weight_parts(i, io(1))?;
+                if parts.len() > 1 && !matches!(epilogue, Epilogue::Store | Epilogue::Add) {
+                    let Buf::Weight(w) = *io(1) else {
+                        unreachable!("a weight operand")
+                    };
+                    let w = &self.h.weights[w as usize];
+                    return Err(GpuError::FusedTooLarge {
+                        step: i,
+                        name: w.name.clone(),
+                        bytes: w.bytes,
+                    });
+                }
+                let mut decls = vec![
+                    Decl("wq", true, "u32"),
+                    Decl("x", false, "f32"),
+                    Decl("y", false, "f32"),
+                ];
+                let mut extra = Vec::new();
+                let mut consts = vec![
+                    ("K", Const::U(k.into())),
+                    ("N", Const::U(n.into())),
+                    ("ROW_BYTES", Const::U(row_bytes)),
+                    ("EPS", Const::F(norm.unwrap_or(0.0))),
+                ];
+                if norm.is_some() {
+                    decls.push(Decl("norm_w", true, "f32"));
+                    extra.push(self.whole_weight(io(2)));
+                }
+                let last = step.inputs.last().expect("validated arity");
+                let label = match epilogue {
+                    Epilogue::Store => "store".to_string(),
+                    Epilogue::Add => {
+                        decls.push(Decl("residual", false, "f32"));
+                        extra.push(self.arena(last));
+                        "add".to_string()
+                    }
+                    Epilogue::Glu(op) => {
+                        let code = match op {
+                            UnaryOp::Silu => 0,
+                            UnaryOp::GeluTanh => 1,
+                        };
+                        consts.push(("ACT", Const::U(code)));
+                        format!("glu{code}")
+                    }
+                    Epilogue::RopeKv {
+                        layer,
+                        n_head,
+                        n_kv_head,
+                        head_dim,
+                        n_rot,
+                        base,
+                        neox,
+                        bias,
+                    } => {
+                        if bias {
+                            decls.push(Decl("bias", true, "f32"));
+                            extra.push(self.whole_weight(last));
+                        }
+                        let (kc, vc) = self.kv_bindings(layer);
+                        decls.push(Decl("k_cache", false, "f32"));
+                        decls.push(Decl("v_cache", false, "f32"));
+                        extra.extend([kc, vc]);
+                        consts.extend([
+                            ("N_HEAD", Const::U(n_head.into())),
+                            ("N_KV_HEAD", Const::U(n_kv_head.into())),
+                            ("HEAD_DIM", Const::U(head_dim.into())),
+                            ("N_ROT", Const::U(n_rot.into())),
+                            ("BASE", Const::F(base)),
+                            ("NEOX", Const::B(neox)),
+                        ]);
+                        format!("rope_kv_{n_head}x{head_dim}")
+                    }
+                };
+                let norm_label = if norm.is_some() { "rms_norm_" } else { "" };
+                for (n0, np, binding) in parts {
+                    let items = match epilogue {
+                        Epilogue::Store | Epilogue::Add => np,
+                        Epilogue::Glu(_) | Epilogue::RopeKv { .. } => u64::from(n / 2),
+                    };
+                    let mut consts = consts.clone();
+                    consts.extend([
+                        ("N0", Const::U(n0)),
+                        ("NP", Const::U(np)),
+                        ("ITEMS", Const::U(items)),
+                    ]);
+                    let kern = self.kernel(
+                        i,
+                        format!("{norm_label}matmul_{label}_{ty}_k{k}_n{n}"),
+                        fused_module(ty, &consts, &decls, norm.is_some(), &epilogue),
+                    )?;
+                    let mut bindings = vec![binding, self.arena(io(0)), self.arena(&step.output)];
+                    bindings.extend(extra.iter().copied());
+                    self.dispatch(i, kern, bindings, groups(items), MATMUL_TILE);
+                }
+            }
             Kernel::Add { n, broadcast } | Kernel::Mul { n, broadcast } => {
                 let op = u64::from(matches!(step.kernel, Kernel::Mul { .. }));
                 let consts = [("N", Const::U(n.into())), ("OP", Const::U(op))];
@@ -409,33 +597,25 @@ impl Emitter<'_> {
                 head_dim,
                 scale,
                 window,
+                append,
             } => {
-                let lay = self.h.kv.layers[layer as usize];
+                let (kc, vc) = self.kv_bindings(layer);
                 let ctx = u64::from(self.h.limits.ctx);
-                let region = ctx * lay.row_len() as u64 * 4;
-                let (kc, vc) = (
-                    GpuBinding::Kv {
-                        offset: lay.k_offset,
-                        size: region,
-                    },
-                    GpuBinding::Kv {
-                        offset: lay.v_offset,
-                        size: region,
-                    },
-                );
-                let row = u64::from(n_kv_head * head_dim);
-                let store = self.kernel(
-                    i,
-                    format!("kv_store_{row}"),
-                    module("kv_store", None, &[("ROW", Const::U(row))]),
-                )?;
-                self.dispatch(
-                    i,
-                    store,
-                    vec![self.arena(io(1)), self.arena(io(2)), kc, vc],
-                    groups(row),
-                    1,
-                );
+                if append {
+                    let row = u64::from(n_kv_head * head_dim);
+                    let store = self.kernel(
+                        i,
+                        format!("kv_store_{row}"),
+                        module("kv_store", None, &[("ROW", Const::U(row))]),
+                    )?;
+                    self.dispatch(
+                        i,
+                        store,
+                        vec![self.arena(io(1)), self.arena(io(2)), kc, vc],
+                        groups(row),
+                        1,
+                    );
+                }
                 let consts = [
                     ("N_HEAD", Const::U(n_head.into())),
                     ("N_KV_HEAD", Const::U(n_kv_head.into())),

@@ -15,6 +15,7 @@ fn compile(gguf: &std::path::Path, bandwidth: Option<f64>) -> Report {
         max_batch: 8,
         activations: llamart::plan::Activations::Q8,
         bandwidth_gbps: bandwidth,
+        disabled: llamac::passes::PassSet::NONE,
     };
     llamac::compile::compile(gguf, &plan, options)
         .unwrap()

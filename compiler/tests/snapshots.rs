@@ -10,6 +10,7 @@ use llamac::synthetic::TinyLlama;
 const OPTIONS: PipelineOptions = PipelineOptions {
     ctx: 64,
     max_batch: 8,
+    disabled: llamac::passes::PassSet::NONE,
 };
 
 #[test]
@@ -72,6 +73,7 @@ fn tiny_llama_kernels_in_msl() {
         max_batch: 8,
         activations: llamart::plan::Activations::Q8,
         bandwidth_gbps: None,
+        disabled: llamac::passes::PassSet::NONE,
     };
     llamac::compile::compile(&gguf, &plan, options).unwrap();
     let plan = llamart::plan::LoadedPlan::open(&plan).unwrap();

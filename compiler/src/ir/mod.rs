@@ -7,13 +7,15 @@
 mod listing;
 mod op;
 
+use std::borrow::Cow;
+
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 
 use llamart::GgmlType;
 
-pub use op::{Op, UnaryOp};
+pub use op::{Epilogue, Op, UnaryOp};
 
 pub type NodeId = NodeIndex<u32>;
 
@@ -98,6 +100,32 @@ pub enum WeightData {
     Gguf(String),
     /// Values computed at compile time (by constant folding), stored as f32.
     Computed(Vec<f32>),
+    /// Weights of the same type and row length stacked row after row (the fusion passes merge
+    /// products this way); the bytes are the parts' bytes back to back, so nothing is requantized.
+    Concat(Vec<WeightData>),
+}
+
+impl WeightData {
+    /// The stored bytes: borrowed from the file where they are there unchanged. `Err` names a
+    /// tensor the file lacks (lowering checked them, so only a pass bug gets there).
+    pub fn bytes<'a>(&self, file: &'a crate::gguf::GgufFile) -> Result<Cow<'a, [u8]>, String> {
+        Ok(match self {
+            WeightData::Gguf(name) => Cow::Borrowed(
+                file.tensor_data(
+                    file.tensor(name)
+                        .ok_or_else(|| format!("tensor '{name}' is not in the file"))?,
+                ),
+            ),
+            WeightData::Computed(values) => Cow::Owned(bytemuck::cast_slice(values).to_vec()),
+            WeightData::Concat(parts) => {
+                let mut bytes = Vec::new();
+                for part in parts {
+                    bytes.extend_from_slice(&part.bytes(file)?);
+                }
+                Cow::Owned(bytes)
+            }
+        })
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -187,6 +215,38 @@ impl Graph {
     /// Node ids in index order (stable across runs for the same construction order).
     pub fn node_ids(&self) -> Vec<NodeId> {
         self.dag.node_indices().collect()
+    }
+
+    /// The node whose buffer `id` lives in: itself, or for a reshape (a view), its source's.
+    pub fn storage_root(&self, mut id: NodeId) -> NodeId {
+        while matches!(self.node(id).op, Op::Reshape(_)) {
+            id = self.operands(id)[0];
+        }
+        id
+    }
+
+    /// (KV heads, head dim) of the cache attention node `id` reads: from its k operand, or when
+    /// q is its only operand, from the fused product that stores k and v.
+    pub fn attention_kv_heads(&self, id: NodeId) -> Option<(u64, u64)> {
+        let operands = self.operands(id);
+        if let [_, k, _] = operands[..] {
+            return match self.node(k).ty.as_ref()?.shape[..] {
+                [Dim::Tokens, Dim::Fixed(h), Dim::Fixed(d)] => Some((h, d)),
+                _ => None,
+            };
+        }
+        match self.node(self.storage_root(*operands.first()?)).op {
+            Op::FusedMatMul {
+                epilogue:
+                    Epilogue::RopeKv {
+                        n_kv_head,
+                        head_dim,
+                        ..
+                    },
+                ..
+            } => Some((n_kv_head.into(), head_dim.into())),
+            _ => None,
+        }
     }
 
     pub fn listing(&self, order: Option<&[NodeId]>) -> String {

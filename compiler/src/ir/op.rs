@@ -3,7 +3,7 @@
 use super::WeightData;
 use llamart::GgmlType;
 
-pub use llamart::plan::UnaryOp;
+pub use llamart::plan::{Epilogue, UnaryOp};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -39,11 +39,19 @@ pub enum Op {
         neox: bool,
     },
     /// Causal attention over the layer's KV cache after appending k and v. Operands: q
-    /// `[T, H, hd]`, k `[T, Hkv, hd]`, v `[T, Hkv, hd]`.
+    /// `[T, H, hd]`, k `[T, Hkv, hd]`, v `[T, Hkv, hd]`; or q alone, a view of a fused product
+    /// whose [`Epilogue::RopeKv`] has stored k and v in the cache.
     Attention {
         layer: u32,
         scale: f32,
         window: Option<u32>,
+    },
+    /// The matrix-product archetype after fusion: `x W` with an RMSNorm prologue (`norm` = eps)
+    /// and an epilogue. Operands: x `[T, k]`, W `[k, n]`, the norm weight `[k]` (with `norm`),
+    /// then the epilogue's operand (the residual for `Add`, the bias for `RopeKv { bias }`).
+    FusedMatMul {
+        norm: Option<f32>,
+        epilogue: Epilogue,
     },
 }
 
@@ -64,6 +72,7 @@ impl Op {
             Op::Reshape(_) => "reshape",
             Op::Rope { .. } => "rope",
             Op::Attention { .. } => "attention",
+            Op::FusedMatMul { .. } => "fused_matmul",
         }
     }
 
@@ -73,6 +82,17 @@ impl Op {
             Op::Weight { data, .. } => match data {
                 WeightData::Gguf(name) => format!("gguf:{name}"),
                 WeightData::Computed(_) => "computed".into(),
+                WeightData::Concat(parts) => {
+                    let names: Vec<String> = parts
+                        .iter()
+                        .map(|p| match p {
+                            WeightData::Gguf(name) => name.clone(),
+                            WeightData::Computed(_) => "computed".into(),
+                            WeightData::Concat(_) => "concat".into(),
+                        })
+                        .collect();
+                    format!("concat:{}", names.join("+"))
+                }
             },
             Op::RmsNorm { eps } => format!("eps={eps:e}"),
             Op::AddScalar(c) | Op::Scale(c) => format!("{c}"),
@@ -89,6 +109,31 @@ impl Op {
                 Some(w) => format!("layer={layer} scale={scale} window={w}"),
                 None => format!("layer={layer} scale={scale}"),
             },
+            Op::FusedMatMul { norm, epilogue } => {
+                let epilogue = match epilogue {
+                    Epilogue::Store => "store".into(),
+                    Epilogue::Add => "add".into(),
+                    Epilogue::Glu(op) => format!("glu({})", Op::Unary(*op).mnemonic()),
+                    Epilogue::RopeKv {
+                        layer,
+                        n_head,
+                        n_kv_head,
+                        head_dim,
+                        n_rot,
+                        base,
+                        neox,
+                        bias,
+                    } => format!(
+                        "rope_kv(layer={layer} heads={n_head}/{n_kv_head}x{head_dim} n_rot={n_rot} base={base} {}{})",
+                        if *neox { "neox" } else { "normal" },
+                        if *bias { " bias" } else { "" }
+                    ),
+                };
+                match norm {
+                    Some(eps) => format!("prologue=rms_norm(eps={eps:e}) epilogue={epilogue}"),
+                    None => format!("epilogue={epilogue}"),
+                }
+            }
             _ => String::new(),
         }
     }

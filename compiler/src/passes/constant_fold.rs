@@ -67,19 +67,15 @@ fn weight_values(g: &Graph, id: crate::ir::NodeId, file: &GgufFile) -> Result<Ve
     let Op::Weight { data, ty, dims } = &g.node(id).op else {
         unreachable!("caller checked")
     };
-    match data {
-        WeightData::Computed(v) => Ok(v.clone()),
-        WeightData::Gguf(name) => {
-            let t = file
-                .tensor(name)
-                .ok_or_else(|| PassError::Fold(format!("tensor '{name}' vanished")))?;
-            let n: u64 = dims.iter().product();
-            let mut out = vec![0f32; n as usize];
-            llamart::quant::dequantize(*ty, file.tensor_data(t), &mut out)
-                .map_err(|e| PassError::Fold(format!("tensor '{name}': {e}")))?;
-            Ok(out)
-        }
+    if let WeightData::Computed(v) = data {
+        return Ok(v.clone());
     }
+    let bytes = data.bytes(file).map_err(PassError::Fold)?;
+    let n: u64 = dims.iter().product();
+    let mut out = vec![0f32; n as usize];
+    llamart::quant::dequantize(*ty, &bytes, &mut out)
+        .map_err(|e| PassError::Fold(format!("weight '{}': {e}", g.node(id).name)))?;
+    Ok(out)
 }
 
 #[cfg(test)]

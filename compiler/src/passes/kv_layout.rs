@@ -2,7 +2,7 @@
 
 use llamart::plan::{KvLayer, KvLayout};
 
-use crate::ir::{Dim, Graph, NodeId, Op};
+use crate::ir::{Graph, NodeId, Op};
 use crate::passes::memory::BUFFER_ALIGN;
 
 pub fn run(g: &Graph, schedule: &[NodeId], ctx: u32) -> KvLayout {
@@ -12,10 +12,9 @@ pub fn run(g: &Graph, schedule: &[NodeId], ctx: u32) -> KvLayout {
         let Op::Attention { layer, .. } = g.node(id).op else {
             continue;
         };
-        let k = g.operands(id)[1];
-        let [Dim::Tokens, Dim::Fixed(n_kv_head), Dim::Fixed(head_dim)] = g.ty(k).shape[..] else {
-            unreachable!("shape inference checked attention operands")
-        };
+        let (n_kv_head, head_dim) = g
+            .attention_kv_heads(id)
+            .expect("shape inference checked attention operands");
         // Regions stay aligned for GPU bindings.
         let region =
             (u64::from(ctx) * n_kv_head * head_dim * 4).div_ceil(BUFFER_ALIGN) * BUFFER_ALIGN;

@@ -45,11 +45,8 @@ pub struct MemoryPlan {
 }
 
 /// The node whose buffer `id` lives in: itself, or for a reshape, its source's.
-pub fn storage_root(g: &Graph, mut id: NodeId) -> NodeId {
-    while matches!(g.node(id).op, Op::Reshape(_)) {
-        id = g.operands(id)[0];
-    }
-    id
+pub fn storage_root(g: &Graph, id: NodeId) -> NodeId {
+    g.storage_root(id)
 }
 
 pub fn run(g: &Graph, schedule: &[NodeId], max_batch: u32) -> MemoryPlan {

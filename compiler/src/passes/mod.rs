@@ -2,8 +2,13 @@
 
 pub mod constant_fold;
 pub mod dce;
+pub mod fold_rms_norm;
+pub mod fuse_gated_ffn;
+pub mod fuse_qkv;
+pub mod fuse_residual_add;
 pub mod kv_layout;
 pub mod memory;
+mod pattern;
 pub mod schedule;
 pub mod shape_inference;
 
@@ -18,6 +23,45 @@ pub struct PipelineOptions {
     pub ctx: u32,
     /// Most new tokens evaluated in one step.
     pub max_batch: u32,
+    /// Rewrites not to run (`llamac compile --disable-pass`).
+    pub disabled: PassSet,
+}
+
+/// A set of the optional passes of [`REWRITES`], by position.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassSet(u32);
+
+impl PassSet {
+    pub const NONE: PassSet = PassSet(0);
+
+    /// The passes named, each one of [`REWRITES`]; anything else is an error naming the choices.
+    pub fn from_names<S: AsRef<str>>(names: &[S]) -> Result<PassSet, String> {
+        let mut set = PassSet::NONE;
+        for name in names {
+            let name = name.as_ref();
+            let Some(i) = REWRITES.iter().position(|(n, _)| *n == name) else {
+                let optional: Vec<&str> = REWRITES.iter().map(|(n, _)| *n).collect();
+                let why = if PASSES.contains(&name) {
+                    "is required"
+                } else {
+                    "does not exist"
+                };
+                return Err(format!(
+                    "pass '{name}' {why}; the passes that can be disabled are: {}",
+                    optional.join(", ")
+                ));
+            };
+            set.0 |= 1 << i;
+        }
+        Ok(set)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        REWRITES
+            .iter()
+            .position(|(n, _)| *n == name)
+            .is_some_and(|i| self.0 & (1 << i) != 0)
+    }
 }
 
 #[derive(Debug, Error)]
@@ -38,12 +82,32 @@ pub struct Compiled {
     pub schedule: Vec<NodeId>,
     pub memory: memory::MemoryPlan,
     pub kv: llamart::plan::KvLayout,
+    /// The passes that ran, in order.
+    pub passes: Vec<&'static str>,
 }
 
-/// The passes [`run_pipeline`] runs, by module name, in its order (for the compile report).
+/// A pass that rewrites the graph in place and returns how many rewrites it made.
+type Rewrite = fn(&mut Graph, &GgufFile) -> Result<usize, PassError>;
+
+/// The optional rewrites, in the order they run: folding, then the fusions, whose order matters:
+/// the products are merged before the norms fold into them, so each norm folds into one product.
+pub const REWRITES: &[(&str, Rewrite)] = &[
+    ("constant_fold", constant_fold::run),
+    ("fuse_qkv", |g, _| Ok(fuse_qkv::run(g))),
+    ("fuse_gated_ffn", |g, _| Ok(fuse_gated_ffn::run(g))),
+    ("fuse_residual_add", |g, _| Ok(fuse_residual_add::run(g))),
+    ("fold_rms_norm", |g, _| Ok(fold_rms_norm::run(g))),
+];
+
+/// Every pass, in the order [`run_pipeline`] runs them: shape inference, the rewrites, then
+/// dead-code elimination and the analyses that fix the schedule, the arena and the KV cache.
 pub const PASSES: &[&str] = &[
     "shape_inference",
     "constant_fold",
+    "fuse_qkv",
+    "fuse_gated_ffn",
+    "fuse_residual_add",
+    "fold_rms_norm",
     "dce",
     "schedule",
     "memory",
@@ -53,20 +117,48 @@ pub const PASSES: &[&str] = &[
 /// The whole pipeline. Each pass is its own module with its own tests; this list is the only place
 /// that orders them.
 pub fn run_pipeline(
-    mut graph: Graph,
+    graph: Graph,
     file: &GgufFile,
     options: PipelineOptions,
 ) -> Result<Compiled, PassError> {
+    run_pipeline_observed(graph, file, options, &mut |_, _| {})
+}
+
+/// [`run_pipeline`], calling `observe(pass, graph)` with the graph after each pass that changes
+/// it (per-pass snapshot tests read the graph before and after each pass this way).
+pub fn run_pipeline_observed(
+    mut graph: Graph,
+    file: &GgufFile,
+    options: PipelineOptions,
+    observe: &mut dyn FnMut(&str, &Graph),
+) -> Result<Compiled, PassError> {
+    let mut passes = vec!["shape_inference"];
     shape_inference::run(&mut graph)?;
-    constant_fold::run(&mut graph, file)?;
+    observe("shape_inference", &graph);
+    for &(name, rewrite) in REWRITES {
+        if options.disabled.contains(name) {
+            continue;
+        }
+        if rewrite(&mut graph, file)? > 0 {
+            // What a rewrite replaced is dead now; the new nodes get their types, and shape
+            // inference checks them: a fusion that built an invalid node fails here, by name.
+            dce::run(&mut graph);
+            shape_inference::run(&mut graph)?;
+        }
+        passes.push(name);
+        observe(name, &graph);
+    }
     dce::run(&mut graph);
+    observe("dce", &graph);
     let schedule = schedule::run(&graph);
     let memory = memory::run(&graph, &schedule, options.max_batch);
     let kv = kv_layout::run(&graph, &schedule, options.ctx);
+    passes.extend(["dce", "schedule", "memory", "kv_layout"]);
     Ok(Compiled {
         graph,
         schedule,
         memory,
         kv,
+        passes,
     })
 }

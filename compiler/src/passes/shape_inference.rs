@@ -1,7 +1,7 @@
 //! Infers every node's output type from its operands and checks that the ops make sense
 //! (matching inner dimensions, head counts that divide, ...). Later passes rely on the types.
 
-use crate::ir::{DType, Dim, Graph, NodeId, Op, TensorType};
+use crate::ir::{DType, Dim, Epilogue, Graph, NodeId, Op, TensorType};
 
 use super::PassError;
 
@@ -135,7 +135,6 @@ fn infer(g: &Graph, id: NodeId) -> Result<TensorType, String> {
             operands[0].clone()
         }
         Op::Attention { .. } => {
-            arity(3)?;
             let heads = |t: &TensorType| match t.shape.as_slice() {
                 [Dim::Tokens, Dim::Fixed(h), Dim::Fixed(d)] if t.dtype == DType::F32 => {
                     Ok((*h, *d))
@@ -144,18 +143,96 @@ fn infer(g: &Graph, id: NodeId) -> Result<TensorType, String> {
                     "q, k and v must be f32[T, heads, head_dim], got {t}"
                 )),
             };
-            let ((hq, dq), (hk, dk), (hv, dv)) = (
-                heads(operands[0])?,
-                heads(operands[1])?,
-                heads(operands[2])?,
-            );
-            if dq != dk || dk != dv || hk != hv || hk == 0 || hq % hk != 0 {
+            let (hq, dq) = heads(operands[0])?;
+            let (hk, dk) = if operands.len() == 1 {
+                g.attention_kv_heads(id).ok_or(
+                    "q alone must be a view of a fused product that stores k and v in the cache",
+                )?
+            } else {
+                arity(3)?;
+                let ((hk, dk), (hv, dv)) = (heads(operands[1])?, heads(operands[2])?);
+                if (hk, dk) != (hv, dv) {
+                    return Err(format!("k {} and v {} differ", operands[1], operands[2]));
+                }
+                (hk, dk)
+            };
+            if dq != dk || hk == 0 || hq % hk != 0 {
                 return Err(format!(
-                    "q {}, k {}, v {} do not form grouped-query attention",
-                    operands[0], operands[1], operands[2]
+                    "q {} with {hk} KV heads of {dk} is not grouped-query attention",
+                    operands[0]
                 ));
             }
             operands[0].clone()
+        }
+        Op::FusedMatMul { norm, epilogue } => {
+            let extra = match epilogue {
+                Epilogue::Add | Epilogue::RopeKv { bias: true, .. } => 1,
+                _ => 0,
+            };
+            arity(2 + usize::from(norm.is_some()) + extra)?;
+            let k = activation(operands[0])?;
+            if operands[0].shape.len() != 2 {
+                return Err(format!("x must be [T, k], got {}", operands[0]));
+            }
+            let n = match (operands[1].dtype, operands[1].shape.as_slice()) {
+                (DType::Ggml(_), [Dim::Fixed(n), Dim::Fixed(wk)]) if *wk == k => *n,
+                _ => return Err(format!("weight must be [n, {k}], got {}", operands[1])),
+            };
+            let f32_weight = |t: &TensorType, len: u64, what: &str| {
+                if t.dtype == DType::Ggml(llamart::GgmlType::F32)
+                    && t.shape.len() == 1
+                    && t.fixed_elements() == Some(len)
+                {
+                    Ok(())
+                } else {
+                    Err(format!("{what} must be f32[{len}], got {t}"))
+                }
+            };
+            if norm.is_some() {
+                f32_weight(operands[2], k, "the norm weight")?;
+            }
+            let last = operands.last().expect("arity checked");
+            let out = match *epilogue {
+                Epilogue::Store => n,
+                Epilogue::Add => {
+                    if activation(last)? != n || last.shape.len() != 2 {
+                        return Err(format!("the residual must be [T, {n}], got {last}"));
+                    }
+                    n
+                }
+                Epilogue::Glu(_) => {
+                    if n % 2 != 0 {
+                        return Err(format!("a GLU needs an even number of rows, got {n}"));
+                    }
+                    n / 2
+                }
+                Epilogue::RopeKv {
+                    n_head,
+                    n_kv_head,
+                    head_dim,
+                    n_rot,
+                    bias,
+                    ..
+                } => {
+                    let (h, hkv, hd) =
+                        (u64::from(n_head), u64::from(n_kv_head), u64::from(head_dim));
+                    if n != (h + 2 * hkv) * hd
+                        || hkv == 0
+                        || h % hkv != 0
+                        || n_rot > head_dim
+                        || n_rot % 2 != 0
+                    {
+                        return Err(format!(
+                            "{n} rows do not make q, k and v of {n_head}/{n_kv_head} heads of {head_dim} (n_rot {n_rot})"
+                        ));
+                    }
+                    if bias {
+                        f32_weight(last, n, "the bias")?;
+                    }
+                    h * hd
+                }
+            };
+            TensorType::new(vec![Dim::Tokens, Dim::Fixed(out)], DType::F32)
         }
     })
 }

@@ -36,17 +36,20 @@ pub fn binary(
 }
 
 pub fn unary(x: &[f32], y: &mut [f32], op: UnaryOp) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = activation(v, op);
+    }
+}
+
+/// One value through an activation function (shared by `unary` and the fused GLU epilogue, so
+/// both give the same bits).
+#[inline]
+pub fn activation(v: f32, op: UnaryOp) -> f32 {
     match op {
-        UnaryOp::Silu => {
-            for (o, &v) in y.iter_mut().zip(x) {
-                *o = v / (1.0 + (-v).exp());
-            }
-        }
+        UnaryOp::Silu => v / (1.0 + (-v).exp()),
         UnaryOp::GeluTanh => {
             const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-            for (o, &v) in y.iter_mut().zip(x) {
-                *o = 0.5 * v * (1.0 + (SQRT_2_OVER_PI * v * (1.0 + 0.044_715 * v * v)).tanh());
-            }
+            0.5 * v * (1.0 + (SQRT_2_OVER_PI * v * (1.0 + 0.044_715 * v * v)).tanh())
         }
     }
 }

@@ -6,7 +6,7 @@ mod matmul;
 
 use thiserror::Error;
 
-use crate::plan::{Buf, Kernel, LoadedPlan};
+use crate::plan::{Buf, Epilogue, Kernel, LoadedPlan};
 use crate::GgmlType;
 
 pub use matmul::{matmul_supports, MatMul, MATMUL_TYPES};
@@ -97,6 +97,10 @@ pub struct Session<'p> {
     scratch: Vec<std::sync::Mutex<matmul::Scratch>>,
     /// The matrix products' threads, kernels, quantized-activation buffers and packed weights.
     matmul: matmul::MatMul,
+    /// The normalized inputs of fused products with an RMSNorm prologue (max_batch rows).
+    normed: Vec<f32>,
+    /// The raw products of fused products whose epilogue reshapes them (GLU, RoPE + KV).
+    wide: Vec<f32>,
     /// The head: the steps from this index on (after the last attention or rope, the only
     /// kernels whose rows depend on other rows or on positions) work row by row and
     /// feed only the logits, so a prefill skips them and a step whose last row alone is wanted
@@ -118,26 +122,57 @@ impl<'p> Session<'p> {
         let ctx = h.limits.ctx as usize;
         let mut rope: Vec<kernels::RopeTable> = Vec::new();
         let mut max_k = 0usize;
-        let mut matmul_types = Vec::new();
+        let (mut normed_len, mut wide_len) = (0usize, 0usize);
+        let mut products = Vec::new();
         for step in &h.steps {
-            match step.kernel {
-                Kernel::Rope { n_rot, base, .. }
-                    if !rope
-                        .iter()
-                        .any(|t| t.base == base && t.n_rot == n_rot as usize) =>
+            let rope_of = match step.kernel {
+                Kernel::Rope { n_rot, base, .. } => Some((n_rot, base)),
+                Kernel::FusedMatMul {
+                    epilogue: Epilogue::RopeKv { n_rot, base, .. },
+                    ..
+                } => Some((n_rot, base)),
+                _ => None,
+            };
+            if let Some((n_rot, base)) = rope_of {
+                if !rope
+                    .iter()
+                    .any(|t| t.base == base && t.n_rot == n_rot as usize)
                 {
                     rope.push(kernels::RopeTable::new(base, n_rot as usize, ctx));
                 }
-                Kernel::MatMul { k, .. } => {
-                    max_k = max_k.max(k as usize);
-                    let Buf::Weight(w) = step.inputs[1] else {
-                        unreachable!("validated")
-                    };
-                    matmul_types.push(h.weights[w as usize].ty);
+            }
+            match step.kernel {
+                Kernel::MatMul { k, n } => products.push((step, k, n)),
+                Kernel::FusedMatMul {
+                    k,
+                    n,
+                    norm,
+                    epilogue,
+                } => {
+                    products.push((step, k, n));
+                    if norm.is_some() {
+                        normed_len = normed_len.max(k as usize);
+                    }
+                    if matches!(epilogue, Epilogue::Glu(_) | Epilogue::RopeKv { .. }) {
+                        wide_len = wide_len.max(n as usize);
+                    }
                 }
                 _ => {}
             }
         }
+        let weight_of = |step: &crate::plan::Step| {
+            let Buf::Weight(w) = step.inputs[1] else {
+                unreachable!("validated")
+            };
+            w
+        };
+        let matmul_types: Vec<GgmlType> = products
+            .iter()
+            .map(|(step, k, _)| {
+                max_k = max_k.max(*k as usize);
+                h.weights[weight_of(step) as usize].ty
+            })
+            .collect();
         let threads = threads.max(1);
         let max_batch = h.limits.max_batch as usize;
         let scratch = (0..threads + 1)
@@ -150,19 +185,25 @@ impl<'p> Session<'p> {
                     why: e.to_string(),
                 },
             )?;
-        for step in &h.steps {
-            if let Kernel::MatMul { k, n } = step.kernel {
-                let Buf::Weight(w) = step.inputs[1] else {
-                    unreachable!("validated")
-                };
-                let ty = h.weights[w as usize].ty;
-                matmul.prepare(w as usize, ty, plan.weight(w), k as usize, n as usize);
-            }
+        for (step, k, n) in products {
+            let w = weight_of(step);
+            let ty = h.weights[w as usize].ty;
+            matmul.prepare(w as usize, ty, plan.weight(w), k as usize, n as usize);
         }
         let head_from = h
             .steps
             .iter()
-            .rposition(|s| matches!(s.kernel, Kernel::Attention { .. } | Kernel::Rope { .. }))
+            .rposition(|s| {
+                matches!(
+                    s.kernel,
+                    Kernel::Attention { .. }
+                        | Kernel::Rope { .. }
+                        | Kernel::FusedMatMul {
+                            epilogue: Epilogue::RopeKv { .. },
+                            ..
+                        }
+                )
+            })
             .map_or(0, |i| i + 1);
         let head_inputs_from_body = (head_from..h.steps.len())
             .map(|i| {
@@ -183,6 +224,8 @@ impl<'p> Session<'p> {
             rope,
             scratch,
             matmul,
+            normed: vec![0.0; normed_len * max_batch],
+            wide: vec![0.0; wide_len * max_batch],
             head_from,
             head_inputs_from_body,
             n_past: 0,
@@ -423,23 +466,21 @@ impl<'p> Session<'p> {
                 head_dim,
                 scale,
                 window,
+                append,
             } => {
                 let (hd, h, hkv) = (head_dim as usize, n_head as usize, n_kv_head as usize);
                 let lay = plan.header.kv.layers[layer as usize];
                 let kv_row = lay.row_len();
                 let ctx = plan.header.limits.ctx as usize;
                 let (k_base, v_base) = (lay.k_offset as usize / 4, lay.v_offset as usize / 4);
-                // Append the new keys and values at their positions.
-                let k_new = read(&step.inputs[1], kv_row);
-                let v_new = read(&step.inputs[2], kv_row);
                 let past = self.n_past;
-                let at = if n_tokens == 1 {
-                    past + self.kv_write_shift
-                } else {
-                    past
-                };
-                self.kv[k_base + at * kv_row..][..k_new.len()].copy_from_slice(k_new);
-                self.kv[v_base + at * kv_row..][..v_new.len()].copy_from_slice(v_new);
+                if append {
+                    let at = self.kv_write_position(n_tokens);
+                    let k_new = read(&step.inputs[1], kv_row);
+                    let v_new = read(&step.inputs[2], kv_row);
+                    self.kv[k_base + at * kv_row..][..k_new.len()].copy_from_slice(k_new);
+                    self.kv[v_base + at * kv_row..][..v_new.len()].copy_from_slice(v_new);
+                }
                 let k_cache = &self.kv[k_base..k_base + ctx * kv_row];
                 let v_cache = &self.kv[v_base..v_base + ctx * kv_row];
                 let q = read(&step.inputs[0], h * hd);
@@ -469,6 +510,101 @@ impl<'p> Session<'p> {
                     );
                 });
             }
+            Kernel::FusedMatMul {
+                k,
+                n,
+                norm,
+                epilogue,
+            } => {
+                let Buf::Weight(w) = step.inputs[1] else {
+                    unreachable!("validated")
+                };
+                let ty = plan.header.weights[w as usize].ty;
+                let weight = plan.weight(w);
+                let (k, n) = (k as usize, n as usize);
+                let at = self.kv_write_position(n_tokens);
+                let mut x = read(&step.inputs[0], k);
+                if let Some(eps) = norm {
+                    let normed = &mut self.normed[..n_tokens * k];
+                    kernels::rms_norm(x, weight_f32(&step.inputs[2]), normed, k, eps);
+                    x = normed;
+                }
+                let rest = &step.inputs[2 + usize::from(norm.is_some())..];
+                match epilogue {
+                    Epilogue::Store => self.matmul.run(w as usize, ty, weight, x, write(n), k, n),
+                    Epilogue::Add => {
+                        let y = write(n);
+                        self.matmul.run(w as usize, ty, weight, x, y, k, n);
+                        for (o, &r) in y.iter_mut().zip(read(&rest[0], n)) {
+                            // r + o, as the unfused add computed it (addition commutes exactly).
+                            *o += r;
+                        }
+                    }
+                    Epilogue::Glu(op) => {
+                        let wide = &mut self.wide[..n_tokens * n];
+                        self.matmul.run(w as usize, ty, weight, x, wide, k, n);
+                        let m = n / 2;
+                        let out = write(m);
+                        for (row, o) in wide.chunks_exact(n).zip(out.chunks_exact_mut(m)) {
+                            let (gate, up) = row.split_at(m);
+                            for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+                                *o = kernels::activation(g, op) * u;
+                            }
+                        }
+                    }
+                    Epilogue::RopeKv {
+                        layer,
+                        n_head,
+                        n_kv_head,
+                        head_dim,
+                        n_rot,
+                        base,
+                        neox,
+                        bias,
+                    } => {
+                        let wide = &mut self.wide[..n_tokens * n];
+                        self.matmul.run(w as usize, ty, weight, x, wide, k, n);
+                        if bias {
+                            let b = weight_f32(&rest[0]);
+                            for row in wide.chunks_exact_mut(n) {
+                                for (v, &b) in row.iter_mut().zip(b) {
+                                    *v += b;
+                                }
+                            }
+                        }
+                        let table = self
+                            .rope
+                            .iter()
+                            .find(|t| t.base == base && t.n_rot == n_rot as usize)
+                            .expect("built at load");
+                        let (hd, h, hkv) = (head_dim as usize, n_head as usize, n_kv_head as usize);
+                        let (q_len, kv_len) = (h * hd, hkv * hd);
+                        let lay = plan.header.kv.layers[layer as usize];
+                        let (k_base, v_base) =
+                            (lay.k_offset as usize / 4, lay.v_offset as usize / 4);
+                        let past = self.n_past;
+                        let out = write(q_len);
+                        for (t, row) in wide.chunks_exact(n).enumerate() {
+                            let (q, kv) = row.split_at(q_len);
+                            let (k_new, v_new) = kv.split_at(kv_len);
+                            let pos = past + t;
+                            table.apply(q, &mut out[t * q_len..][..q_len], h, hd, neox, pos);
+                            let k_row = k_base + (at + t) * kv_len;
+                            table.apply(k_new, &mut self.kv[k_row..][..kv_len], hkv, hd, neox, pos);
+                            self.kv[v_base + (at + t) * kv_len..][..kv_len].copy_from_slice(v_new);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Where a step of `n_tokens` stores its keys and values in the cache.
+    fn kv_write_position(&self, n_tokens: usize) -> usize {
+        if n_tokens == 1 {
+            self.n_past + self.kv_write_shift
+        } else {
+            self.n_past
         }
     }
 }
@@ -515,6 +651,31 @@ fn validate(plan: &LoadedPlan) -> Result<(), LoadError> {
                 "weight '{}' should be f32 with {len} values, is {} {:?}",
                 w.name, w.ty, w.dims
             ));
+        }
+        Ok(())
+    };
+    let check_kv_layer = |layer: u32, n_head: u32, n_kv_head: u32, head_dim: u32| {
+        let lay =
+            h.kv.layers
+                .get(layer as usize)
+                .ok_or_else(|| format!("no KV layer {layer}"))?;
+        if lay.n_kv_head != n_kv_head
+            || lay.head_dim != head_dim
+            || n_kv_head == 0
+            || !n_head.is_multiple_of(n_kv_head)
+        {
+            return Err(format!(
+                "heads {n_head}/{n_kv_head}x{head_dim} vs KV layer {lay:?}"
+            ));
+        }
+        let region = u64::from(h.limits.ctx) * lay.row_len() as u64 * 4;
+        for off in [lay.k_offset, lay.v_offset] {
+            if off % 4 != 0 || off.checked_add(region).is_none_or(|e| e > h.kv.bytes) {
+                return Err(format!(
+                    "KV layer {layer} outside the {}-byte cache",
+                    h.kv.bytes
+                ));
+            }
         }
         Ok(())
     };
@@ -593,41 +754,74 @@ fn validate(plan: &LoadedPlan) -> Result<(), LoadError> {
                     n_head,
                     n_kv_head,
                     head_dim,
+                    append,
                     ..
                 } => {
-                    arity(3)?;
-                    let lay =
-                        h.kv.layers
-                            .get(layer as usize)
-                            .ok_or_else(|| format!("no KV layer {layer}"))?;
-                    if lay.n_kv_head != n_kv_head
-                        || lay.head_dim != head_dim
-                        || n_kv_head == 0
-                        || n_head % n_kv_head != 0
-                    {
-                        return Err(format!(
-                            "heads {n_head}/{n_kv_head}x{head_dim} vs KV layer {lay:?}"
-                        ));
-                    }
-                    let region = u64::from(h.limits.ctx) * lay.row_len() as u64 * 4;
-                    for off in [lay.k_offset, lay.v_offset] {
-                        if off % 4 != 0 || off.checked_add(region).is_none_or(|e| e > h.kv.bytes) {
-                            return Err(format!(
-                                "KV layer {layer} outside the {}-byte cache",
-                                h.kv.bytes
-                            ));
-                        }
-                    }
+                    check_kv_layer(layer, n_head, n_kv_head, head_dim)?;
                     regions.push(arena_region(&step.inputs[0], u64::from(n_head * head_dim))?);
-                    regions.push(arena_region(
-                        &step.inputs[1],
-                        u64::from(n_kv_head * head_dim),
-                    )?);
-                    regions.push(arena_region(
-                        &step.inputs[2],
-                        u64::from(n_kv_head * head_dim),
-                    )?);
+                    if append {
+                        arity(3)?;
+                        for kv in &step.inputs[1..] {
+                            regions.push(arena_region(kv, u64::from(n_kv_head * head_dim))?);
+                        }
+                    } else {
+                        arity(1)?;
+                    }
                     arena_region(&step.output, u64::from(n_head * head_dim))?
+                }
+                Kernel::FusedMatMul {
+                    k,
+                    n,
+                    norm,
+                    epilogue,
+                } => {
+                    let extra = match epilogue {
+                        Epilogue::Store | Epilogue::RopeKv { bias: false, .. } => 0,
+                        Epilogue::Add | Epilogue::RopeKv { bias: true, .. } => 1,
+                        Epilogue::Glu(_) => {
+                            if n % 2 != 0 {
+                                return Err(format!("a GLU product of {n} rows"));
+                            }
+                            0
+                        }
+                    };
+                    arity(2 + usize::from(norm.is_some()) + extra)?;
+                    let w = weight(&step.inputs[1])?;
+                    if w.dims != [u64::from(k), u64::from(n)] || !matmul_supports(w.ty) {
+                        return Err(format!("weight '{}' is {} {:?}", w.name, w.ty, w.dims));
+                    }
+                    regions.push(arena_region(&step.inputs[0], u64::from(k))?);
+                    if norm.is_some() {
+                        f32_weight(&step.inputs[2], u64::from(k))?;
+                    }
+                    let last = step.inputs.last().expect("arity checked");
+                    match epilogue {
+                        Epilogue::Add => regions.push(arena_region(last, u64::from(n))?),
+                        Epilogue::RopeKv {
+                            layer,
+                            n_head,
+                            n_kv_head,
+                            head_dim,
+                            n_rot,
+                            bias,
+                            ..
+                        } => {
+                            check_kv_layer(layer, n_head, n_kv_head, head_dim)?;
+                            if n != (n_head + 2 * n_kv_head) * head_dim
+                                || n_rot > head_dim
+                                || n_rot % 2 != 0
+                            {
+                                return Err(format!(
+                                    "{n} rows for heads {n_head}/{n_kv_head}x{head_dim}, n_rot {n_rot}"
+                                ));
+                            }
+                            if bias {
+                                f32_weight(last, u64::from(n))?;
+                            }
+                        }
+                        Epilogue::Store | Epilogue::Glu(_) => {}
+                    }
+                    arena_region(&step.output, u64::from(epilogue.output_len(n)))?
                 }
             };
             if let Some(r) = regions.iter().find(|r| r.0 < out.1 && out.0 < r.1) {

@@ -271,8 +271,10 @@ pub enum Kernel {
         base: f32,
         neox: bool,
     },
-    /// Stores k and v at the step's positions in the layer's cache, then attends causally (and
-    /// within `window` positions, if set) from q. Inputs: q, k, v; output `[n_head * head_dim]`.
+    /// With `append`, stores k and v at the step's positions in the layer's cache first (inputs
+    /// q, k, v); without, an earlier step's [`Epilogue::RopeKv`] has stored them (input q). Then
+    /// attends causally (and within `window` positions, if set) from q; output
+    /// `[n_head * head_dim]`.
     Attention {
         layer: u32,
         n_head: u32,
@@ -280,5 +282,53 @@ pub enum Kernel {
         head_dim: u32,
         scale: f32,
         window: Option<u32>,
+        append: bool,
     },
+    /// The matrix product archetype with what the fusion passes folded into it: `y = W x'` for a
+    /// weight W `[k, n]` (ggml order), where x' is x, or with `norm` set, x through RMSNorm
+    /// (`x / sqrt(mean(x^2) + eps) * norm_weight`); then the epilogue. Inputs: x, W, the norm
+    /// weight (with `norm`), then the epilogue's inputs.
+    FusedMatMul {
+        k: u32,
+        n: u32,
+        norm: Option<f32>,
+        epilogue: Epilogue,
+    },
+}
+
+/// What a fused matrix product does with its `n` products of a token before storing them.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Epilogue {
+    /// Stores them: output `[n]`.
+    Store,
+    /// Adds a residual (input `[n]`): output `[n]`.
+    Add,
+    /// Gate and up in one product: `act(y[j]) * y[n/2 + j]`, output `[n/2]`.
+    Glu(UnaryOp),
+    /// Q, K and V in one product (`n = (n_head + 2 n_kv_head) head_dim`), plus a bias input `[n]`
+    /// when `bias`: q gets rotary embeddings and is the output `[n_head * head_dim]`; k gets them
+    /// too and goes to the layer's KV cache with v, at the step's positions.
+    RopeKv {
+        layer: u32,
+        n_head: u32,
+        n_kv_head: u32,
+        head_dim: u32,
+        n_rot: u32,
+        base: f32,
+        neox: bool,
+        bias: bool,
+    },
+}
+
+impl Epilogue {
+    /// Values of the output row, for a product of `n` rows.
+    pub fn output_len(&self, n: u32) -> u32 {
+        match *self {
+            Epilogue::Store | Epilogue::Add => n,
+            Epilogue::Glu(_) => n / 2,
+            Epilogue::RopeKv {
+                n_head, head_dim, ..
+            } => n_head * head_dim,
+        }
+    }
 }

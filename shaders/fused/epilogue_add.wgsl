@@ -1,0 +1,8 @@
+// Work item j: row N0 + j of the N outputs plus the residual's.
+fn epilogue(j: u32, t0: u32, tiles: u32) {
+    let acc = dot_row(j, t0, tiles);
+    for (var tt = 0u; tt < tiles; tt++) {
+        let e = (t0 + tt) * N + N0 + j;
+        y[e] = residual[e] + acc[tt];
+    }
+}
