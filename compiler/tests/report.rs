@@ -42,6 +42,11 @@ fn smollm2_report_adds_up() {
         r.dispatches_per_decode_token
     );
     assert_eq!(r.op_counts.values().sum::<usize>(), r.steps);
+    // After fusion a layer is QKV (norm, RoPE, KV write), attention, the output projection
+    // (residual), gate/up (norm, GLU) and down (residual); outside the layers: the embedding, the
+    // head with the final norm, and the argmax.
+    assert_eq!(r.dispatches_per_layer, 5);
+    assert_eq!(r.dispatches_outside_layers, 3);
     assert!(r.bytes_read_per_decode_token >= r.weight_bytes);
     // The target of the fusion issue: weights plus activations within 5 % of the weights.
     assert!(
@@ -106,6 +111,51 @@ fn report_json_has_the_keys_scripts_read() {
         assert!(v[key].as_u64().is_some_and(|n| n > 0), "{key}: {}", v[key]);
     }
     assert!(v["passes"].as_array().is_some_and(|p| !p.is_empty()));
+
+    // Disabling a pass: it leaves the report's list; a name that is not an optional pass is
+    // refused with the list of those that are.
+    let (code, stderr) = llamac(&[
+        "compile",
+        gguf.to_str().unwrap(),
+        "-o",
+        plan.to_str().unwrap(),
+        "--disable-pass",
+        "fuse_qkv",
+        "--disable-pass",
+        "fold_rms_norm",
+        "--report-json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let passes: Vec<&str> = v["passes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(passes.contains(&"fuse_gated_ffn") && !passes.contains(&"fuse_qkv"));
+    assert!(!passes.contains(&"fold_rms_norm"), "{passes:?}");
+    for (bad, why) in [
+        ("fuse_everything", "does not exist"),
+        ("memory", "is required"),
+    ] {
+        let (code, stderr) = llamac(&[
+            "compile",
+            gguf.to_str().unwrap(),
+            "-o",
+            plan.to_str().unwrap(),
+            "--disable-pass",
+            bad,
+        ]);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(
+            stderr.contains("--disable-pass")
+                && stderr.contains(why)
+                && stderr.contains("fuse_residual_add"),
+            "{stderr}"
+        );
+    }
 
     for bad in ["0", "-3", "fast"] {
         let (code, stderr) = llamac(&[

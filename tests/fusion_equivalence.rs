@@ -1,0 +1,130 @@
+//! Each optional pass preserves the model: the tiny model and SmolLM2, compiled with every pass
+//! and with one pass turned off (`--disable-pass`), give logits within 1e-3 of each other on the
+//! CPU and on the GPU, over a prefill and two decode steps. So does turning them all off.
+
+use std::path::PathBuf;
+
+use llama_e2e::{compiled_plan, gpu_available, scratch_dir};
+use llamac::passes::{PassSet, REWRITES};
+use llamart::cpu::Session;
+use llamart::gpu::GpuSession;
+use llamart::plan::LoadedPlan;
+
+const TOLERANCE: f32 = 1e-3;
+
+/// The plans to compare: (what is off, plan path). The first has every pass.
+type Compile = dyn Fn(&[&str]) -> PathBuf;
+
+fn variants(compile: &Compile) -> Vec<(String, PathBuf)> {
+    let all: Vec<&str> = REWRITES.iter().map(|(name, _)| *name).collect();
+    let mut plans = vec![("nothing".to_string(), compile(&[]))];
+    for name in &all {
+        plans.push((name.to_string(), compile(&[name])));
+    }
+    plans.push(("every optional pass".to_string(), compile(&all)));
+    plans
+}
+
+/// Logits of a 6-token prefill and 2 decode steps, all rows.
+fn logits(eval: &mut dyn FnMut(&[u32]) -> Vec<f32>) -> Vec<f32> {
+    let mut out = eval(&[1, 17, 33, 2, 9, 4]);
+    out.extend(eval(&[21]));
+    out.extend(eval(&[5]));
+    out
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn check(model: &str, compile: &Compile) {
+    let plans = variants(compile);
+    let loaded: Vec<LoadedPlan> = plans
+        .iter()
+        .map(|(_, p)| LoadedPlan::open(p).unwrap())
+        .collect();
+    // The comparison means something only if the pass did something: every fusion fires on
+    // these llama models, so turning one off adds steps. (Constant folding finds nothing to fold
+    // in them; Gemma's `1 + w` is its case, covered by its unit test.)
+    let fused_steps = loaded[0].header.steps.len();
+    for ((off, _), plan) in plans.iter().zip(&loaded).skip(1) {
+        let steps = plan.header.steps.len();
+        if off == "constant_fold" {
+            assert_eq!(steps, fused_steps, "{model}: nothing to fold");
+        } else {
+            assert!(
+                steps > fused_steps,
+                "{model} without {off}: {steps} steps, not more than the {fused_steps} with it"
+            );
+        }
+    }
+    let cpu: Vec<Vec<f32>> = loaded
+        .iter()
+        .map(|plan| {
+            let mut s = Session::new(plan, 2).unwrap();
+            logits(&mut |t| s.eval(t).unwrap().to_vec())
+        })
+        .collect();
+    for ((off, _), l) in plans.iter().zip(&cpu).skip(1) {
+        let d = max_abs_diff(&cpu[0], l);
+        eprintln!("{model} CPU, {off} off: max abs diff {d:e}");
+        assert!(
+            d <= TOLERANCE,
+            "{model} CPU: turning off {off} moves the logits by {d}"
+        );
+    }
+    if !gpu_available() {
+        return;
+    }
+    let gpu: Vec<Vec<f32>> = loaded
+        .iter()
+        .map(|plan| {
+            let mut s = GpuSession::new(plan).unwrap();
+            logits(&mut |t| s.eval(t).unwrap().to_vec())
+        })
+        .collect();
+    for ((off, _), l) in plans.iter().zip(&gpu).skip(1) {
+        let d = max_abs_diff(&gpu[0], l);
+        eprintln!("{model} GPU, {off} off: max abs diff {d:e}");
+        assert!(
+            d <= TOLERANCE,
+            "{model} GPU: turning off {off} moves the logits by {d}"
+        );
+    }
+}
+
+#[test]
+fn tiny_model_logits_do_not_depend_on_any_pass() {
+    let dir = scratch_dir();
+    let gguf = dir.join("fusion-tiny.gguf");
+    std::fs::write(&gguf, llamac::synthetic::TinyLlama::default().to_gguf()).unwrap();
+    let compile = move |off: &[&str]| {
+        let plan = dir.join(format!("fusion-tiny-{}.plan", off.join("-")));
+        let options = llamac::compile::CompileOptions {
+            ctx: Some(32),
+            max_batch: 8,
+            activations: llamart::plan::Activations::Q8,
+            bandwidth_gbps: None,
+            disabled: PassSet::from_names(off).unwrap(),
+        };
+        llamac::compile::compile(&gguf, &plan, options).unwrap();
+        plan
+    };
+    check("tiny", &compile);
+}
+
+#[test]
+fn smollm2_logits_do_not_depend_on_any_pass() {
+    let compile = move |off: &[&str]| {
+        let mut flags = vec!["--ctx", "64"];
+        for name in off {
+            flags.extend(["--disable-pass", name]);
+        }
+        compiled_plan("smollm2-135m-q4_1", &flags)
+    };
+    check("SmolLM2", &compile);
+}
