@@ -1,12 +1,12 @@
 // Causal attention of one query head over the layer's cache; one workgroup per (head, token).
 // Scores go to a scratch region (CTX values per head and token): they are written, normalized and
 // consumed in three phases separated by barriers. Constants: N_HEAD, N_KV_HEAD, HEAD_DIM, SCALE,
-// WINDOW (0 = attend to every earlier position), CTX.
+// WINDOW (0 = attend to every earlier position), CTX. What happens to the output is the variant's
+// (`store`, `finish`): attention_store.wgsl or attention_project.wgsl.
 @group(0) @binding(1) var<storage, read_write> q: array<f32>;
 @group(0) @binding(2) var<storage, read_write> k_cache: array<f32>;
 @group(0) @binding(3) var<storage, read_write> v_cache: array<f32>;
 @group(0) @binding(4) var<storage, read_write> scores: array<f32>;
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;
 
 var<workgroup> partial: array<f32, 64>;
 
@@ -74,6 +74,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var j = 0u; j < n; j++) {
             acc += scores[sb + j] * v_cache[(lo + j) * kv_row + kvh * HEAD_DIM + d];
         }
-        y[qb + d] = acc / total;
+        store(t, h, d, acc / total);
     }
+    finish(t, h, lid);
 }

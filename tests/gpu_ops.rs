@@ -508,6 +508,7 @@ fn fused_products_with_every_prologue_and_epilogue() {
                     n,
                     norm,
                     epilogue: Epilogue::Store,
+                    partials: None,
                 };
                 let y = b.op(store, ins, n);
                 compare(&label(&format!("store n={n}")), &b.finish(y, n, no_kv()));
@@ -523,6 +524,7 @@ fn fused_products_with_every_prologue_and_epilogue() {
                     n,
                     norm,
                     epilogue: Epilogue::Add,
+                    partials: None,
                 };
                 let y = b.op(add, ins, n);
                 compare(&label(&format!("add n={n}")), &b.finish(y, n, no_kv()));
@@ -538,6 +540,7 @@ fn fused_products_with_every_prologue_and_epilogue() {
                     n,
                     norm,
                     epilogue: Epilogue::Glu(op),
+                    partials: None,
                 };
                 let y = b.op(glu, ins, n / 2);
                 compare(&label(&format!("glu {op:?}")), &b.finish(y, n / 2, no_kv()));
@@ -578,8 +581,9 @@ fn fused_products_with_every_prologue_and_epilogue() {
                         neox,
                         bias,
                     },
+                    partials: None,
                 };
-                let q = b.op(qkv, ins, n_head * head_dim);
+                let q = b.op(qkv.clone(), ins, n_head * head_dim);
                 // The attention reads the keys and values the product stored, so its output checks
                 // the cache as well as q.
                 let attention = Kernel::Attention {
@@ -596,7 +600,69 @@ fn fused_products_with_every_prologue_and_epilogue() {
                     &label(&format!(
                         "rope_kv {n_head}/{n_kv_head}x{head_dim} rot {n_rot} neox {neox} bias {bias}"
                     )),
-                    &b.finish(y, n_head * head_dim, kv),
+                    &b.finish(y, n_head * head_dim, kv.clone()),
+                );
+
+                // The same attention projected per head, and the parts added to a product's
+                // input (through the norm, when there is one) and to another's residual.
+                let mut b = Builder::new(u64::from(k + n) + 3);
+                let x = b.input(k);
+                let w = b.weight(ty, &[k.into(), n.into()]);
+                let mut ins = inputs(&mut b, x, w);
+                if bias {
+                    ins.push(b.weight(GgmlType::F32, &[n.into()]));
+                }
+                let q = b.op(qkv, ins, n_head * head_dim);
+                // Rows of W_o are n_head * head_dim long, shorter than a K-quant block.
+                let fits = |len: u32| len as usize % ty.block_len() == 0;
+                let ty_o = if fits(n_head * head_dim) {
+                    ty
+                } else {
+                    GgmlType::F32
+                };
+                let w_o = b.weight(ty_o, &[(n_head * head_dim).into(), k.into()]);
+                let project = Kernel::AttentionProject {
+                    layer: 0,
+                    n_head,
+                    n_kv_head,
+                    head_dim,
+                    scale: 0.25,
+                    window: Some(3),
+                    n: k,
+                };
+                let parts = b.op(project, vec![q, w_o], n_head * k);
+                let m = 40;
+                let w1 = b.weight(GgmlType::F32, &[k.into(), m.into()]);
+                let mut ins = inputs(&mut b, x, w1);
+                ins.push(parts);
+                let into_input = Kernel::FusedMatMul {
+                    k,
+                    n: m,
+                    norm,
+                    epilogue: Epilogue::Store,
+                    partials: Some(Partials {
+                        into: PartialsInto::Input,
+                        count: n_head,
+                    }),
+                };
+                let h = b.op(into_input, ins, m);
+                let w2 = b.weight(GgmlType::F32, &[m.into(), k.into()]);
+                let into_residual = Kernel::FusedMatMul {
+                    k: m,
+                    n: k,
+                    norm: None,
+                    epilogue: Epilogue::Add,
+                    partials: Some(Partials {
+                        into: PartialsInto::Residual,
+                        count: n_head,
+                    }),
+                };
+                let y = b.op(into_residual, vec![h, w2, x, parts], k);
+                compare(
+                    &label(&format!(
+                        "attention_project {n_head}/{n_kv_head}x{head_dim} and parts"
+                    )),
+                    &b.finish(y, k, kv),
                 );
             }
         }
@@ -676,6 +742,7 @@ fn weights_split_across_bindings_give_the_same_result() {
             n,
             norm: Some(1e-6),
             epilogue: Epilogue::Add,
+            partials: None,
         };
         let y = b.op(fused, vec![x, w, norm_w, r], n);
         let path = b.finish_with_max_binding(y, n, no_kv(), max_binding);

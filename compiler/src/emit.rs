@@ -205,13 +205,38 @@ fn kernel_for(g: &Graph, id: NodeId) -> Result<Kernel, EmitError> {
                 n: dims[1] as u32,
             }
         }
-        Op::FusedMatMul { norm, epilogue } => {
+        Op::FusedMatMul {
+            norm,
+            epilogue,
+            partials,
+        } => {
             let dims = product_weight(g, operands[1]).map_err(unsupported)?;
             Kernel::FusedMatMul {
                 k: dims[0] as u32,
                 n: dims[1] as u32,
                 norm: *norm,
                 epilogue: *epilogue,
+                partials: *partials,
+            }
+        }
+        Op::AttentionProject {
+            layer,
+            scale,
+            window,
+        } => {
+            let dims = product_weight(g, operands[1]).map_err(unsupported)?;
+            let q = g.ty(operands[0]);
+            let (n_kv_head, _) = g
+                .attention_kv_heads(id)
+                .expect("shape inference checked attention operands");
+            Kernel::AttentionProject {
+                layer: *layer,
+                n_head: fixed(&q.shape[1]),
+                n_kv_head: n_kv_head as u32,
+                head_dim: fixed(&q.shape[2]),
+                scale: *scale,
+                window: *window,
+                n: dims[1] as u32,
             }
         }
         Op::Add => Kernel::Add {

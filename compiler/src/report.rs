@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use llamart::plan::{Buf, Epilogue, Kernel, PlanHeader};
+use llamart::plan::{Buf, Epilogue, Kernel, PartialsInto, PlanHeader};
 use serde::Serialize;
 
 /// Everything `llamac compile` prints and `--report-json` writes. The key names are an interface:
@@ -126,6 +126,7 @@ fn kernel_name(k: &Kernel) -> &'static str {
         Kernel::Rope { .. } => "rope",
         Kernel::Attention { .. } => "attention",
         Kernel::FusedMatMul { .. } => "fused_matmul",
+        Kernel::AttentionProject { .. } => "attention_project",
     }
 }
 
@@ -136,13 +137,30 @@ fn flops_of(k: &Kernel) -> (u64, u64) {
         Kernel::Embed { .. } => (0, 0),
         Kernel::RmsNorm { n: len, groups, .. } => (4 * n(len) * n(groups), 0),
         Kernel::MatMul { k, n: rows } => (2 * n(k) * n(rows), 0),
+        Kernel::AttentionProject {
+            n_head,
+            head_dim,
+            n: rows,
+            ..
+        } => {
+            let per_token = 4 * n(n_head) * n(head_dim);
+            (per_token + 2 * n(n_head) * n(head_dim) * n(rows), per_token)
+        }
         Kernel::FusedMatMul {
             k,
             n: rows,
             norm,
             epilogue,
+            partials,
         } => {
-            let prologue = if norm.is_some() { 4 * n(k) } else { 0 };
+            let parts = partials.map_or(0, |p| {
+                n(&p.count)
+                    * match p.into {
+                        PartialsInto::Input => n(k),
+                        PartialsInto::Residual => n(rows),
+                    }
+            });
+            let prologue = parts + if norm.is_some() { 4 * n(k) } else { 0 };
             let out = u64::from(epilogue.output_len(*rows));
             let epilogue = match epilogue {
                 Epilogue::Store => 0,

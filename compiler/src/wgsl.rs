@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use llamart::plan::{
     Buf, Epilogue, GpuBinding, GpuDispatch, GpuKernel, GpuRequirements, GpuSection, Kernel,
-    PlanHeader, UnaryOp,
+    Partials, PartialsInto, PlanHeader, UnaryOp,
 };
 use llamart::GgmlType;
 use thiserror::Error;
@@ -64,7 +64,14 @@ fn shader(name: &str) -> &'static str {
             include_str!("../../shaders/rope.wgsl")
         ),
         "kv_store" => include_str!("../../shaders/kv_store.wgsl"),
-        "attention" => include_str!("../../shaders/attention.wgsl"),
+        "attention" => concat!(
+            include_str!("../../shaders/attention.wgsl"),
+            include_str!("../../shaders/attention_store.wgsl")
+        ),
+        "attention_project" => concat!(
+            include_str!("../../shaders/attention.wgsl"),
+            include_str!("../../shaders/attention_project.wgsl")
+        ),
         "top_k" => include_str!("../../shaders/top_k.wgsl"),
         other => unreachable!("no shader {other}"),
     }
@@ -139,6 +146,7 @@ fn fused_module(
     decls: &[Decl],
     norm: bool,
     epilogue: &Epilogue,
+    partials: Option<PartialsInto>,
 ) -> String {
     let mut src = prelude(Some(weight), consts);
     for (i, Decl(name, read_only, elem)) in decls.iter().enumerate() {
@@ -148,6 +156,18 @@ fn fused_module(
             "@group(0) @binding({}) var<storage, {access}> {name}: array<{elem}>;",
             i + 1
         );
+    }
+    src.push_str(if partials == Some(PartialsInto::Input) {
+        include_str!("../../shaders/fused/input_parts.wgsl")
+    } else {
+        include_str!("../../shaders/fused/input_direct.wgsl")
+    });
+    if *epilogue == Epilogue::Add {
+        src.push_str(if partials == Some(PartialsInto::Residual) {
+            include_str!("../../shaders/fused/residual_parts.wgsl")
+        } else {
+            include_str!("../../shaders/fused/residual_direct.wgsl")
+        });
     }
     src.push_str(if norm {
         include_str!("../../shaders/fused/prologue_rms_norm.wgsl")
@@ -413,6 +433,7 @@ impl Emitter<'_> {
                 n,
                 norm,
                 epilogue,
+                partials,
             } => {
                 let (ty, row_bytes, parts) = self.weight_parts(i, io(1))?;
                 if parts.len() > 1 && !matches!(epilogue, Epilogue::Store | Epilogue::Add) {
@@ -432,17 +453,22 @@ impl Emitter<'_> {
                     Decl("y", false, "f32"),
                 ];
                 let mut extra = Vec::new();
+                let tile = fused_tile(k, partials);
                 let mut consts = vec![
                     ("K", Const::U(k.into())),
                     ("N", Const::U(n.into())),
                     ("ROW_BYTES", Const::U(row_bytes)),
                     ("EPS", Const::F(norm.unwrap_or(0.0))),
+                    ("TILE", Const::U(tile.into())),
+                    ("STAGED", Const::U(u64::from(tile * k))),
+                    ("PARTS", Const::U(partials.map_or(0, |p| p.count).into())),
                 ];
                 if norm.is_some() {
                     decls.push(Decl("norm_w", true, "f32"));
                     extra.push(self.whole_weight(io(2)));
                 }
-                let last = step.inputs.last().expect("validated arity");
+                let last =
+                    &step.inputs[(2 + usize::from(norm.is_some())).min(step.inputs.len() - 1)];
                 let label = match epilogue {
                     Epilogue::Store => "store".to_string(),
                     Epilogue::Add => {
@@ -487,7 +513,20 @@ impl Emitter<'_> {
                         format!("rope_kv_{n_head}x{head_dim}")
                     }
                 };
-                let norm_label = if norm.is_some() { "rms_norm_" } else { "" };
+                if partials.is_some() {
+                    decls.push(Decl("parts", false, "f32"));
+                    extra.push(self.arena(step.inputs.last().expect("validated arity")));
+                }
+                let norm_label = match (partials.map(|p| p.into), norm.is_some()) {
+                    (Some(PartialsInto::Input), true) => "parts_rms_norm_",
+                    (Some(PartialsInto::Input), false) => "parts_",
+                    (_, true) => "rms_norm_",
+                    (_, false) => "",
+                };
+                let label = match partials.map(|p| p.into) {
+                    Some(PartialsInto::Residual) => format!("{label}_parts"),
+                    _ => label,
+                };
                 for (n0, np, binding) in parts {
                     let items = match epilogue {
                         Epilogue::Store | Epilogue::Add => np,
@@ -502,12 +541,75 @@ impl Emitter<'_> {
                     let kern = self.kernel(
                         i,
                         format!("{norm_label}matmul_{label}_{ty}_k{k}_n{n}"),
-                        fused_module(ty, &consts, &decls, norm.is_some(), &epilogue),
+                        fused_module(
+                            ty,
+                            &consts,
+                            &decls,
+                            norm.is_some(),
+                            &epilogue,
+                            partials.map(|p| p.into),
+                        ),
                     )?;
                     let mut bindings = vec![binding, self.arena(io(0)), self.arena(&step.output)];
                     bindings.extend(extra.iter().copied());
-                    self.dispatch(i, kern, bindings, groups(items), MATMUL_TILE);
+                    self.dispatch(i, kern, bindings, groups(items), tile);
                 }
+            }
+            Kernel::AttentionProject {
+                layer,
+                n_head,
+                n_kv_head,
+                head_dim,
+                scale,
+                window,
+                n,
+            } => {
+                let (ty, row_bytes, parts) = self.weight_parts(i, io(1))?;
+                let [(_, _, w_o)] = parts[..] else {
+                    let Buf::Weight(w) = *io(1) else {
+                        unreachable!("a weight operand")
+                    };
+                    let w = &self.h.weights[w as usize];
+                    return Err(GpuError::FusedTooLarge {
+                        step: i,
+                        name: w.name.clone(),
+                        bytes: w.bytes,
+                    });
+                };
+                let (kc, vc) = self.kv_bindings(layer);
+                let consts = [
+                    ("N_HEAD", Const::U(n_head.into())),
+                    ("N_KV_HEAD", Const::U(n_kv_head.into())),
+                    ("HEAD_DIM", Const::U(head_dim.into())),
+                    ("SCALE", Const::F(scale)),
+                    ("WINDOW", Const::U(window.unwrap_or(0).into())),
+                    ("CTX", Const::U(self.h.limits.ctx.into())),
+                    ("N", Const::U(n.into())),
+                    ("ROW_BYTES", Const::U(row_bytes)),
+                ];
+                let k = self.kernel(
+                    i,
+                    format!("attention_project_{ty}_{n_head}x{head_dim}_n{n}"),
+                    module("attention_project", Some(ty), &consts),
+                )?;
+                let scratch = GpuBinding::Scratch {
+                    offset: 0,
+                    size: scratch_bytes(self.h),
+                };
+                self.dispatch(
+                    i,
+                    k,
+                    vec![
+                        self.arena(io(0)),
+                        kc,
+                        vc,
+                        scratch,
+                        self.arena(&step.output),
+                        w_o,
+                    ],
+                    n_head.into(),
+                    1,
+                );
             }
             Kernel::Add { n, broadcast } | Kernel::Mul { n, broadcast } => {
                 let op = u64::from(matches!(step.kernel, Kernel::Mul { .. }));
@@ -658,6 +760,38 @@ fn lcm(a: u64, b: u64) -> u64 {
     a / gcd(a, b) * b
 }
 
+/// Most values a fused product stages in workgroup memory (x plus its parts, for the tile's
+/// tokens): 12 KiB, leaving room for the norm's reductions under WebGPU's 16 KiB.
+pub const MAX_STAGED_VALUES: u32 = 3072;
+
+/// Tokens per workgroup of a fused product: those whose staged inputs fit, when it stages them.
+fn fused_tile(k: u32, partials: Option<Partials>) -> u32 {
+    match partials {
+        Some(Partials {
+            into: PartialsInto::Input,
+            ..
+        }) => (MAX_STAGED_VALUES / k).clamp(1, MATMUL_TILE),
+        _ => MATMUL_TILE,
+    }
+}
+
+/// Workgroup memory a step's kernel uses, bytes.
+fn workgroup_bytes(kernel: &Kernel) -> u32 {
+    match *kernel {
+        Kernel::FusedMatMul { k, partials, .. } => {
+            let tile = fused_tile(k, partials);
+            let staged = if partials.is_some_and(|p| p.into == PartialsInto::Input) {
+                tile * k
+            } else {
+                0
+            };
+            (staged + 64 + tile) * 4
+        }
+        Kernel::AttentionProject { head_dim, .. } => (64 + head_dim) * 4,
+        _ => 64 * 4,
+    }
+}
+
 /// The top-k kernel's output: ids, logits and the log-sum-exp.
 pub fn candidates_bytes() -> u64 {
     (2 * u64::from(MAX_TOP_K) + 1) * 4
@@ -666,7 +800,9 @@ pub fn candidates_bytes() -> u64 {
 /// Attention scores: one row of `ctx` values per head and token of a step.
 fn scratch_bytes(h: &PlanHeader) -> u64 {
     let heads = h.steps.iter().filter_map(|s| match s.kernel {
-        Kernel::Attention { n_head, .. } => Some(u64::from(n_head)),
+        Kernel::Attention { n_head, .. } | Kernel::AttentionProject { n_head, .. } => {
+            Some(u64::from(n_head))
+        }
         _ => None,
     });
     heads.max().unwrap_or(0) * u64::from(h.limits.max_batch) * u64::from(h.limits.ctx) * 4
@@ -750,7 +886,13 @@ pub fn gpu_section_with_max_binding(
                 .max(h.limits.max_batch),
             // The top-k kernel: 256 invocations, two arrays of 256 words.
             workgroup_size: 256,
-            workgroup_storage_bytes: 2 * 256 * 4,
+            workgroup_storage_bytes: h
+                .steps
+                .iter()
+                .map(|s| workgroup_bytes(&s.kernel))
+                .max()
+                .unwrap_or(0)
+                .max(2 * 256 * 4),
             storage_buffers_per_stage: e
                 .dispatches
                 .iter()

@@ -1,9 +1,9 @@
-// The matrix-product archetype: `prologue` (fused/prologue_*.wgsl) prepares the inputs of the
-// workgroup's TILE tokens, `x_at` reads them, and `epilogue` (fused/epilogue_*.wgsl) computes and
-// stores work item `item` with `dot_row`. Constants: K, ITEMS (work items), ROW_BYTES and the
-// parts'; the bindings are declared by the compiler. One invocation per work item and TILE
-// tokens, so every weight is decoded once per TILE tokens.
-const TILE: u32 = 8u;
+// The matrix-product archetype: `stage` (fused/input_*.wgsl, which provides `x_raw`) and
+// `prologue` (fused/prologue_*.wgsl, which provides `x_at`) prepare the inputs of the workgroup's
+// TILE tokens, and `epilogue` (fused/epilogue_*.wgsl) computes and stores work item `item` with
+// `dot_row`. Constants: K, TILE, ITEMS (work items), ROW_BYTES and the parts'; the bindings are
+// declared by the compiler. One invocation per work item and TILE tokens, so every weight is
+// decoded once per TILE tokens.
 
 // y[t0 + tt] . row r of W for the tile's tokens.
 fn dot_row(r: u32, t0: u32, tiles: u32) -> array<f32, TILE> {
@@ -21,6 +21,7 @@ fn dot_row(r: u32, t0: u32, tiles: u32) -> array<f32, TILE> {
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let t0 = wid.y * TILE;
+    stage(lid, t0);
     prologue(lid, t0);
     if (gid.x >= ITEMS || t0 >= params.n_tokens) {
         return;

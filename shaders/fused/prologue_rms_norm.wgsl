@@ -9,7 +9,8 @@ fn prologue(lid: u32, t0: u32) {
         var sum = 0.0;
         if (t < params.n_tokens) {
             for (var i = lid; i < K; i += 64u) {
-                sum += x[t * K + i] * x[t * K + i];
+                let v = x_raw(t0, tt, i);
+                sum += v * v;
             }
         }
         partial[lid] = sum;
@@ -28,5 +29,5 @@ fn prologue(lid: u32, t0: u32) {
 }
 
 fn x_at(t0: u32, tt: u32, i: u32) -> f32 {
-    return x[(t0 + tt) * K + i] * inv_rms[tt] * norm_w[i];
+    return x_raw(t0, tt, i) * inv_rms[tt] * norm_w[i];
 }

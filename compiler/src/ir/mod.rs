@@ -15,7 +15,7 @@ use petgraph::Direction;
 
 use llamart::GgmlType;
 
-pub use op::{Epilogue, Op, UnaryOp};
+pub use op::{Epilogue, Op, Partials, PartialsInto, UnaryOp};
 
 pub type NodeId = NodeIndex<u32>;
 

@@ -3,7 +3,7 @@
 use super::WeightData;
 use llamart::GgmlType;
 
-pub use llamart::plan::{Epilogue, UnaryOp};
+pub use llamart::plan::{Epilogue, Partials, PartialsInto, UnaryOp};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -46,12 +46,21 @@ pub enum Op {
         scale: f32,
         window: Option<u32>,
     },
+    /// Attention over the cache (q alone, as above) and then each head's share of the output
+    /// projection: `[T, heads * n]`, whose parts sum to the projection. Operands: q, W_o.
+    AttentionProject {
+        layer: u32,
+        scale: f32,
+        window: Option<u32>,
+    },
     /// The matrix-product archetype after fusion: `x W` with an RMSNorm prologue (`norm` = eps)
     /// and an epilogue. Operands: x `[T, k]`, W `[k, n]`, the norm weight `[k]` (with `norm`),
-    /// then the epilogue's operand (the residual for `Add`, the bias for `RopeKv { bias }`).
+    /// the epilogue's operand (the residual for `Add`, the bias for `RopeKv { bias }`), then with
+    /// `partials` the per-head parts (an `AttentionProject`) added to x or to the residual first.
     FusedMatMul {
         norm: Option<f32>,
         epilogue: Epilogue,
+        partials: Option<Partials>,
     },
 }
 
@@ -73,6 +82,7 @@ impl Op {
             Op::Rope { .. } => "rope",
             Op::Attention { .. } => "attention",
             Op::FusedMatMul { .. } => "fused_matmul",
+            Op::AttentionProject { .. } => "attention_project",
         }
     }
 
@@ -105,11 +115,20 @@ impl Op {
                 layer,
                 scale,
                 window,
+            }
+            | Op::AttentionProject {
+                layer,
+                scale,
+                window,
             } => match window {
                 Some(w) => format!("layer={layer} scale={scale} window={w}"),
                 None => format!("layer={layer} scale={scale}"),
             },
-            Op::FusedMatMul { norm, epilogue } => {
+            Op::FusedMatMul {
+                norm,
+                epilogue,
+                partials,
+            } => {
                 let epilogue = match epilogue {
                     Epilogue::Store => "store".into(),
                     Epilogue::Add => "add".into(),
@@ -129,10 +148,21 @@ impl Op {
                         if *bias { " bias" } else { "" }
                     ),
                 };
-                match norm {
-                    Some(eps) => format!("prologue=rms_norm(eps={eps:e}) epilogue={epilogue}"),
-                    None => format!("epilogue={epilogue}"),
+                let mut text = match partials {
+                    Some(Partials {
+                        into: PartialsInto::Input,
+                        count,
+                    }) => format!("x+=parts({count}) "),
+                    Some(Partials {
+                        into: PartialsInto::Residual,
+                        count,
+                    }) => format!("residual+=parts({count}) "),
+                    None => String::new(),
+                };
+                if let Some(eps) = norm {
+                    text += &format!("prologue=rms_norm(eps={eps:e}) ");
                 }
+                text + &format!("epilogue={epilogue}")
             }
             _ => String::new(),
         }

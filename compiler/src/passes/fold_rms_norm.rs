@@ -26,7 +26,7 @@ pub fn run(g: &mut Graph) -> usize {
             let operands = g.operands(u);
             let plain = match g.node(u).op {
                 Op::MatMul => true,
-                Op::FusedMatMul { norm, .. } => norm.is_none(),
+                Op::FusedMatMul { norm, partials, .. } => norm.is_none() && partials.is_none(),
                 _ => false,
             };
             plain && operands[0] == norm && !operands[1..].contains(&norm)
@@ -47,6 +47,7 @@ pub fn run(g: &mut Graph) -> usize {
                 Op::FusedMatMul {
                     norm: Some(eps),
                     epilogue,
+                    partials: None,
                 },
                 &new_operands,
             );

@@ -47,6 +47,7 @@ pub fn run(g: &mut Graph) -> usize {
             Op::FusedMatMul {
                 norm: None,
                 epilogue: Epilogue::Glu(act),
+                partials: None,
             },
             &[x, w],
         );

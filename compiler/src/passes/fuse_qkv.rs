@@ -106,6 +106,7 @@ pub fn run(g: &mut Graph) -> usize {
             Op::FusedMatMul {
                 norm: None,
                 epilogue,
+                partials: None,
             },
             &operands,
         );

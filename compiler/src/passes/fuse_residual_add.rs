@@ -22,7 +22,9 @@ pub fn run(g: &mut Graph) -> usize {
         let found = [(b, a), (a, b)].into_iter().find(|&(m, r)| {
             let storing = match g.node(m).op {
                 Op::MatMul => true,
-                Op::FusedMatMul { epilogue, .. } => epilogue == Epilogue::Store,
+                Op::FusedMatMul {
+                    epilogue, partials, ..
+                } => epilogue == Epilogue::Store && partials.is_none(),
                 _ => false,
             };
             storing && m != r && only_user(g, m) == Some(add)
@@ -41,6 +43,7 @@ pub fn run(g: &mut Graph) -> usize {
             Op::FusedMatMul {
                 norm,
                 epilogue: Epilogue::Add,
+                partials: None,
             },
             &operands,
         );

@@ -9,7 +9,8 @@ pub fn run(g: &Graph, schedule: &[NodeId], ctx: u32) -> KvLayout {
     let mut layers: Vec<(u32, KvLayer)> = Vec::new();
     let mut bytes = 0u64;
     for &id in schedule {
-        let Op::Attention { layer, .. } = g.node(id).op else {
+        let (Op::Attention { layer, .. } | Op::AttentionProject { layer, .. }) = g.node(id).op
+        else {
             continue;
         };
         let (n_kv_head, head_dim) = g

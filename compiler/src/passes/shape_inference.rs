@@ -1,7 +1,7 @@
 //! Infers every node's output type from its operands and checks that the ops make sense
 //! (matching inner dimensions, head counts that divide, ...). Later passes rely on the types.
 
-use crate::ir::{DType, Dim, Epilogue, Graph, NodeId, Op, TensorType};
+use crate::ir::{DType, Dim, Epilogue, Graph, NodeId, Op, PartialsInto, TensorType};
 
 use super::PassError;
 
@@ -164,12 +164,52 @@ fn infer(g: &Graph, id: NodeId) -> Result<TensorType, String> {
             }
             operands[0].clone()
         }
-        Op::FusedMatMul { norm, epilogue } => {
+        Op::AttentionProject { .. } => {
+            arity(2)?;
+            let (h, hd) = match operands[0].shape.as_slice() {
+                [Dim::Tokens, Dim::Fixed(h), Dim::Fixed(d)] if operands[0].dtype == DType::F32 => {
+                    (*h, *d)
+                }
+                _ => {
+                    return Err(format!(
+                        "q must be f32[T, heads, head_dim], got {}",
+                        operands[0]
+                    ))
+                }
+            };
+            let (hk, dk) = g
+                .attention_kv_heads(id)
+                .ok_or("q must be a view of a fused product that stores k and v in the cache")?;
+            if dk != hd || hk == 0 || h % hk != 0 {
+                return Err(format!(
+                    "q {} with {hk} KV heads of {dk} is not grouped-query attention",
+                    operands[0]
+                ));
+            }
+            match (operands[1].dtype, operands[1].shape.as_slice()) {
+                (DType::Ggml(_), [Dim::Fixed(n), Dim::Fixed(k)]) if *k == h * hd => {
+                    TensorType::new(vec![Dim::Tokens, Dim::Fixed(h * n)], DType::F32)
+                }
+                _ => {
+                    return Err(format!(
+                        "the projection must be [n, {}], got {}",
+                        h * hd,
+                        operands[1]
+                    ))
+                }
+            }
+        }
+        Op::FusedMatMul {
+            norm,
+            epilogue,
+            partials,
+        } => {
             let extra = match epilogue {
                 Epilogue::Add | Epilogue::RopeKv { bias: true, .. } => 1,
                 _ => 0,
             };
-            arity(2 + usize::from(norm.is_some()) + extra)?;
+            let epilogue_operand = 2 + usize::from(norm.is_some());
+            arity(epilogue_operand + extra + usize::from(partials.is_some()))?;
             let k = activation(operands[0])?;
             if operands[0].shape.len() != 2 {
                 return Err(format!("x must be [T, k], got {}", operands[0]));
@@ -191,7 +231,20 @@ fn infer(g: &Graph, id: NodeId) -> Result<TensorType, String> {
             if norm.is_some() {
                 f32_weight(operands[2], k, "the norm weight")?;
             }
-            let last = operands.last().expect("arity checked");
+            if let Some(p) = partials {
+                let len = match p.into {
+                    PartialsInto::Input => k,
+                    PartialsInto::Residual if *epilogue == Epilogue::Add => n,
+                    PartialsInto::Residual => {
+                        return Err("parts for a residual, without one".into())
+                    }
+                };
+                let parts = operands.last().expect("arity checked");
+                if activation(parts)? != u64::from(p.count) * len || parts.shape.len() != 2 {
+                    return Err(format!("{} parts of {len} cannot be {parts}", p.count));
+                }
+            }
+            let last = operands[epilogue_operand.min(operands.len() - 1)];
             let out = match *epilogue {
                 Epilogue::Store => n,
                 Epilogue::Add => {

@@ -6,7 +6,7 @@ mod matmul;
 
 use thiserror::Error;
 
-use crate::plan::{Buf, Epilogue, Kernel, LoadedPlan};
+use crate::plan::{Buf, Epilogue, Kernel, LoadedPlan, PartialsInto};
 use crate::GgmlType;
 
 pub use matmul::{matmul_supports, MatMul, MATMUL_TYPES};
@@ -72,6 +72,34 @@ pub fn check_step(
     Ok(())
 }
 
+/// `out = x + parts[0] + ... + parts[count - 1]`, row by row (rows of `len`), adding in the order
+/// of the parts, as a chain of unfused adds would.
+fn add_parts(x: &[f32], (parts, count): (&[f32], usize), out: &mut [f32], len: usize) {
+    for ((xr, pr), or) in x
+        .chunks_exact(len)
+        .zip(parts.chunks_exact(count * len))
+        .zip(out.chunks_exact_mut(len))
+    {
+        or.copy_from_slice(xr);
+        for part in pr.chunks_exact(len) {
+            for (o, &p) in or.iter_mut().zip(part) {
+                *o += p;
+            }
+        }
+    }
+}
+
+/// What an attention step attends with.
+#[derive(Clone, Copy)]
+struct Heads {
+    layer: u32,
+    n_head: u32,
+    n_kv_head: u32,
+    head_dim: u32,
+    scale: f32,
+    window: Option<u32>,
+}
+
 /// The attention output, written by head rows from the matmul workers.
 struct HeadRows(*mut f32);
 // SAFETY: every parallel item writes a distinct head row.
@@ -99,8 +127,13 @@ pub struct Session<'p> {
     matmul: matmul::MatMul,
     /// The normalized inputs of fused products with an RMSNorm prologue (max_batch rows).
     normed: Vec<f32>,
-    /// The raw products of fused products whose epilogue reshapes them (GLU, RoPE + KV).
+    /// The raw products of fused products whose epilogue reshapes them (GLU, RoPE + KV), and of
+    /// the projection after attention.
     wide: Vec<f32>,
+    /// Operands of fused products with their parts added (max_batch rows).
+    summed: Vec<f32>,
+    /// Attention outputs before their projection (max_batch rows).
+    attended: Vec<f32>,
     /// The head: the steps from this index on (after the last attention or rope, the only
     /// kernels whose rows depend on other rows or on positions) work row by row and
     /// feed only the logits, so a prefill skips them and a step whose last row alone is wanted
@@ -123,6 +156,7 @@ impl<'p> Session<'p> {
         let mut rope: Vec<kernels::RopeTable> = Vec::new();
         let mut max_k = 0usize;
         let (mut normed_len, mut wide_len) = (0usize, 0usize);
+        let (mut summed_len, mut attended_len) = (0usize, 0usize);
         let mut products = Vec::new();
         for step in &h.steps {
             let rope_of = match step.kernel {
@@ -148,6 +182,7 @@ impl<'p> Session<'p> {
                     n,
                     norm,
                     epilogue,
+                    partials,
                 } => {
                     products.push((step, k, n));
                     if norm.is_some() {
@@ -156,6 +191,20 @@ impl<'p> Session<'p> {
                     if matches!(epilogue, Epilogue::Glu(_) | Epilogue::RopeKv { .. }) {
                         wide_len = wide_len.max(n as usize);
                     }
+                    if partials.is_some() {
+                        summed_len = summed_len.max(k.max(n) as usize);
+                    }
+                }
+                Kernel::AttentionProject {
+                    n_head,
+                    head_dim,
+                    n,
+                    ..
+                } => {
+                    let k = n_head * head_dim;
+                    products.push((step, k, n));
+                    attended_len = attended_len.max(k as usize);
+                    wide_len = wide_len.max(n as usize);
                 }
                 _ => {}
             }
@@ -197,6 +246,7 @@ impl<'p> Session<'p> {
                 matches!(
                     s.kernel,
                     Kernel::Attention { .. }
+                        | Kernel::AttentionProject { .. }
                         | Kernel::Rope { .. }
                         | Kernel::FusedMatMul {
                             epilogue: Epilogue::RopeKv { .. },
@@ -226,6 +276,8 @@ impl<'p> Session<'p> {
             matmul,
             normed: vec![0.0; normed_len * max_batch],
             wide: vec![0.0; wide_len * max_batch],
+            summed: vec![0.0; summed_len * max_batch],
+            attended: vec![0.0; attended_len * max_batch],
             head_from,
             head_inputs_from_body,
             n_past: 0,
@@ -468,12 +520,10 @@ impl<'p> Session<'p> {
                 window,
                 append,
             } => {
-                let (hd, h, hkv) = (head_dim as usize, n_head as usize, n_kv_head as usize);
+                let (hd, h) = (head_dim as usize, n_head as usize);
                 let lay = plan.header.kv.layers[layer as usize];
                 let kv_row = lay.row_len();
-                let ctx = plan.header.limits.ctx as usize;
                 let (k_base, v_base) = (lay.k_offset as usize / 4, lay.v_offset as usize / 4);
-                let past = self.n_past;
                 if append {
                     let at = self.kv_write_position(n_tokens);
                     let k_new = read(&step.inputs[1], kv_row);
@@ -481,40 +531,66 @@ impl<'p> Session<'p> {
                     self.kv[k_base + at * kv_row..][..k_new.len()].copy_from_slice(k_new);
                     self.kv[v_base + at * kv_row..][..v_new.len()].copy_from_slice(v_new);
                 }
-                let k_cache = &self.kv[k_base..k_base + ctx * kv_row];
-                let v_cache = &self.kv[v_base..v_base + ctx * kv_row];
                 let q = read(&step.inputs[0], h * hd);
-                let out = write(h * hd);
-                let group = h / hkv;
-                let scratch = &self.scratch;
-                let out = HeadRows(out.as_mut_ptr());
-                let out = &out;
-                self.matmul.for_each(n_tokens * h, &|i, worker| {
-                    let (t, head) = (i / h, i % h);
-                    let pos = past + t;
-                    let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w as usize));
-                    let mut s = scratch[worker].lock().expect("not poisoned");
-                    // SAFETY: item i is the only one writing head row i of the output.
-                    let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(i * hd), hd) };
-                    kernels::attend(
-                        &q[i * hd..(i + 1) * hd],
-                        k_cache,
-                        v_cache,
-                        o,
-                        kv_row,
-                        (head / group) * hd,
-                        lo,
-                        pos,
-                        scale,
-                        &mut s.scores,
-                    );
-                });
+                let heads = Heads {
+                    layer,
+                    n_head,
+                    n_kv_head,
+                    head_dim,
+                    scale,
+                    window,
+                };
+                self.attend(heads, q, write(h * hd), n_tokens);
+            }
+            Kernel::AttentionProject {
+                layer,
+                n_head,
+                n_kv_head,
+                head_dim,
+                scale,
+                window,
+                n,
+            } => {
+                let heads = Heads {
+                    layer,
+                    n_head,
+                    n_kv_head,
+                    head_dim,
+                    scale,
+                    window,
+                };
+                let (h, n) = (n_head as usize, n as usize);
+                let k = h * head_dim as usize;
+                let q = read(&step.inputs[0], k);
+                let mut attended = std::mem::take(&mut self.attended);
+                self.attend(heads, q, &mut attended[..n_tokens * k], n_tokens);
+                let Buf::Weight(w) = step.inputs[1] else {
+                    unreachable!("validated")
+                };
+                let ty = plan.header.weights[w as usize].ty;
+                let projected = &mut self.wide[..n_tokens * n];
+                let x = &attended[..n_tokens * k];
+                self.matmul
+                    .run(w as usize, ty, plan.weight(w), x, projected, k, n);
+                self.attended = attended;
+                // The whole projection is part 0 and the other parts are zero: they sum to what
+                // the GPU's per-head parts sum to, and adding zeros keeps every bit of the
+                // unfused result.
+                for (row, parts) in projected
+                    .chunks_exact(n)
+                    .zip(write(h * n).chunks_exact_mut(h * n))
+                {
+                    let (first, rest) = parts.split_at_mut(n);
+                    first.copy_from_slice(row);
+                    rest.fill(0.0);
+                }
             }
             Kernel::FusedMatMul {
                 k,
                 n,
                 norm,
                 epilogue,
+                partials,
             } => {
                 let Buf::Weight(w) = step.inputs[1] else {
                     unreachable!("validated")
@@ -523,7 +599,19 @@ impl<'p> Session<'p> {
                 let weight = plan.weight(w);
                 let (k, n) = (k as usize, n as usize);
                 let at = self.kv_write_position(n_tokens);
+                let parts = |len: usize| {
+                    let count = partials.expect("called with partials").count as usize;
+                    (
+                        read(step.inputs.last().expect("validated"), count * len),
+                        count,
+                    )
+                };
                 let mut x = read(&step.inputs[0], k);
+                if partials.is_some_and(|p| p.into == PartialsInto::Input) {
+                    let summed = &mut self.summed[..n_tokens * k];
+                    add_parts(x, parts(k), summed, k);
+                    x = summed;
+                }
                 if let Some(eps) = norm {
                     let normed = &mut self.normed[..n_tokens * k];
                     kernels::rms_norm(x, weight_f32(&step.inputs[2]), normed, k, eps);
@@ -535,7 +623,13 @@ impl<'p> Session<'p> {
                     Epilogue::Add => {
                         let y = write(n);
                         self.matmul.run(w as usize, ty, weight, x, y, k, n);
-                        for (o, &r) in y.iter_mut().zip(read(&rest[0], n)) {
+                        let mut residual = read(&rest[0], n);
+                        if partials.is_some_and(|p| p.into == PartialsInto::Residual) {
+                            let summed = &mut self.summed[..n_tokens * n];
+                            add_parts(residual, parts(n), summed, n);
+                            residual = summed;
+                        }
+                        for (o, &r) in y.iter_mut().zip(residual) {
                             // r + o, as the unfused add computed it (addition commutes exactly).
                             *o += r;
                         }
@@ -597,6 +691,44 @@ impl<'p> Session<'p> {
                 }
             }
         }
+    }
+
+    /// Attention of `n_tokens` query rows `q` at positions from `n_past` over the layer's cache,
+    /// into `out`, spread over the threads by (token, head).
+    fn attend(&self, heads: Heads, q: &[f32], out: &mut [f32], n_tokens: usize) {
+        let (hd, h) = (heads.head_dim as usize, heads.n_head as usize);
+        let lay = self.plan.header.kv.layers[heads.layer as usize];
+        let kv_row = lay.row_len();
+        let ctx = self.plan.header.limits.ctx as usize;
+        let (k_base, v_base) = (lay.k_offset as usize / 4, lay.v_offset as usize / 4);
+        let k_cache = &self.kv[k_base..k_base + ctx * kv_row];
+        let v_cache = &self.kv[v_base..v_base + ctx * kv_row];
+        let group = h / heads.n_kv_head as usize;
+        let (past, scratch) = (self.n_past, &self.scratch);
+        let out = HeadRows(out.as_mut_ptr());
+        let out = &out;
+        self.matmul.for_each(n_tokens * h, &|i, worker| {
+            let (t, head) = (i / h, i % h);
+            let pos = past + t;
+            let lo = heads
+                .window
+                .map_or(0, |w| (pos + 1).saturating_sub(w as usize));
+            let mut s = scratch[worker].lock().expect("not poisoned");
+            // SAFETY: item i is the only one writing head row i of the output.
+            let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(i * hd), hd) };
+            kernels::attend(
+                &q[i * hd..(i + 1) * hd],
+                k_cache,
+                v_cache,
+                o,
+                kv_row,
+                (head / group) * hd,
+                lo,
+                pos,
+                heads.scale,
+                &mut s.scores,
+            );
+        });
     }
 
     /// Where a step of `n_tokens` stores its keys and values in the cache.
@@ -769,11 +901,31 @@ fn validate(plan: &LoadedPlan) -> Result<(), LoadError> {
                     }
                     arena_region(&step.output, u64::from(n_head * head_dim))?
                 }
+                Kernel::AttentionProject {
+                    layer,
+                    n_head,
+                    n_kv_head,
+                    head_dim,
+                    n,
+                    ..
+                } => {
+                    arity(2)?;
+                    check_kv_layer(layer, n_head, n_kv_head, head_dim)?;
+                    let w = weight(&step.inputs[1])?;
+                    if w.dims != [u64::from(n_head * head_dim), u64::from(n)]
+                        || !matmul_supports(w.ty)
+                    {
+                        return Err(format!("weight '{}' is {} {:?}", w.name, w.ty, w.dims));
+                    }
+                    regions.push(arena_region(&step.inputs[0], u64::from(n_head * head_dim))?);
+                    arena_region(&step.output, u64::from(n_head * n))?
+                }
                 Kernel::FusedMatMul {
                     k,
                     n,
                     norm,
                     epilogue,
+                    partials,
                 } => {
                     let extra = match epilogue {
                         Epilogue::Store | Epilogue::RopeKv { bias: false, .. } => 0,
@@ -785,7 +937,19 @@ fn validate(plan: &LoadedPlan) -> Result<(), LoadError> {
                             0
                         }
                     };
-                    arity(2 + usize::from(norm.is_some()) + extra)?;
+                    let epilogue_input = 2 + usize::from(norm.is_some());
+                    arity(epilogue_input + extra + usize::from(partials.is_some()))?;
+                    if let Some(p) = partials {
+                        let len = match p.into {
+                            PartialsInto::Input => k,
+                            PartialsInto::Residual if epilogue == Epilogue::Add => n,
+                            PartialsInto::Residual => {
+                                return Err("parts for a residual, without one".into())
+                            }
+                        };
+                        let parts = step.inputs.last().expect("arity checked");
+                        regions.push(arena_region(parts, u64::from(p.count * len))?);
+                    }
                     let w = weight(&step.inputs[1])?;
                     if w.dims != [u64::from(k), u64::from(n)] || !matmul_supports(w.ty) {
                         return Err(format!("weight '{}' is {} {:?}", w.name, w.ty, w.dims));
@@ -794,7 +958,7 @@ fn validate(plan: &LoadedPlan) -> Result<(), LoadError> {
                     if norm.is_some() {
                         f32_weight(&step.inputs[2], u64::from(k))?;
                     }
-                    let last = step.inputs.last().expect("arity checked");
+                    let last = &step.inputs[epilogue_input.min(step.inputs.len() - 1)];
                     match epilogue {
                         Epilogue::Add => regions.push(arena_region(last, u64::from(n))?),
                         Epilogue::RopeKv {

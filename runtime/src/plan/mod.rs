@@ -284,16 +284,46 @@ pub enum Kernel {
         window: Option<u32>,
         append: bool,
     },
+    /// Attention as `Attention { append: false }` computes it, then each head's share of the
+    /// output projection: output `[n_head * n]`, part h being the columns of W_o that head h's
+    /// output multiplies, times that output. The parts sum to the projection; a later fused
+    /// product adds them up ([`Partials`]). Inputs: q, W_o `[n_head * head_dim, n]` (ggml order).
+    AttentionProject {
+        layer: u32,
+        n_head: u32,
+        n_kv_head: u32,
+        head_dim: u32,
+        scale: f32,
+        window: Option<u32>,
+        n: u32,
+    },
     /// The matrix product archetype with what the fusion passes folded into it: `y = W x'` for a
     /// weight W `[k, n]` (ggml order), where x' is x, or with `norm` set, x through RMSNorm
     /// (`x / sqrt(mean(x^2) + eps) * norm_weight`); then the epilogue. Inputs: x, W, the norm
-    /// weight (with `norm`), then the epilogue's inputs.
+    /// weight (with `norm`), the epilogue's input, then the parts (with `partials`).
     FusedMatMul {
         k: u32,
         n: u32,
         norm: Option<f32>,
         epilogue: Epilogue,
+        partials: Option<Partials>,
     },
+}
+
+/// Per-head parts (an [`Kernel::AttentionProject`] output, the last input) that a fused product
+/// adds to one of its operands first: that operand stands for `r + part 0 + ... + part count-1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partials {
+    pub into: PartialsInto,
+    pub count: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PartialsInto {
+    /// x (`[k]` a row; the parts are `[count * k]`).
+    Input,
+    /// The `Add` epilogue's residual (`[n]`; the parts are `[count * n]`).
+    Residual,
 }
 
 /// What a fused matrix product does with its `n` products of a token before storing them.
