@@ -614,7 +614,7 @@ fn fused_products_with_every_prologue_and_epilogue() {
                 }
                 let q = b.op(qkv, ins, n_head * head_dim);
                 // Rows of W_o are n_head * head_dim long, shorter than a K-quant block.
-                let fits = |len: u32| len as usize % ty.block_len() == 0;
+                let fits = |len: u32| (len as usize).is_multiple_of(ty.block_len());
                 let ty_o = if fits(n_head * head_dim) {
                     ty
                 } else {
