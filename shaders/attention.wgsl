@@ -1,8 +1,8 @@
-// Causal attention of one query head over the layer's cache; one workgroup per (head, token).
+// Causal attention of one query head over the layer's cache, by one workgroup.
 // Scores go to a scratch region (CTX values per head and token): they are written, normalized and
 // consumed in three phases separated by barriers. Constants: N_HEAD, N_KV_HEAD, HEAD_DIM, SCALE,
-// WINDOW (0 = attend to every earlier position), CTX. What happens to the output is the variant's
-// (`store`, `finish`): attention_store.wgsl or attention_project.wgsl.
+// WINDOW (0 = attend to every earlier position), CTX. The entry point and what happens to the
+// output (`store`) are the variant's: attention_store.wgsl or attention_project.wgsl.
 @group(0) @binding(1) var<storage, read_write> q: array<f32>;
 @group(0) @binding(2) var<storage, read_write> k_cache: array<f32>;
 @group(0) @binding(3) var<storage, read_write> v_cache: array<f32>;
@@ -27,13 +27,8 @@ fn reduce(lid: u32, is_max: bool) -> f32 {
     return result;
 }
 
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let h = wid.x;
-    let t = wid.y;
-    if (t >= params.n_tokens) {
-        return;
-    }
+// Head h of token t, by the whole workgroup; hands each output value to `store` under `slot`.
+fn attend(t: u32, h: u32, lid: u32, slot: u32) {
     let kv_row = N_KV_HEAD * HEAD_DIM;
     let kvh = h / (N_HEAD / N_KV_HEAD);
     let pos = params.n_past + t;
@@ -74,7 +69,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var j = 0u; j < n; j++) {
             acc += scores[sb + j] * v_cache[(lo + j) * kv_row + kvh * HEAD_DIM + d];
         }
-        store(t, h, d, acc / total);
+        store(slot, t, h, d, acc / total);
     }
-    finish(t, h, lid);
 }

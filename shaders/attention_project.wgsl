@@ -1,22 +1,40 @@
 // Attention's output projected per head: part h of the output row (rows of N_HEAD * N) is the
 // columns of W_o (bound as `wq`, rows of ROW_BYTES) that head h's output multiplies, times that
-// output. The parts sum to the projection; the consumer adds them.
+// output. The parts sum to the projection; the consumer adds them. One workgroup per (head, TILE
+// tokens), so each weight is decoded once per TILE tokens.
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 @group(0) @binding(6) var<storage, read> wq: array<u32>;
 
-var<workgroup> head_out: array<f32, HEAD_DIM>;
+var<workgroup> head_out: array<f32, TILE * HEAD_DIM>;
 
-fn store(t: u32, h: u32, d: u32, v: f32) {
-    head_out[d] = v;
+fn store(slot: u32, t: u32, h: u32, d: u32, v: f32) {
+    head_out[slot * HEAD_DIM + d] = v;
 }
 
-fn finish(t: u32, h: u32, lid: u32) {
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let h = wid.x;
+    let t0 = wid.y * TILE;
+    if (t0 >= params.n_tokens) {
+        return;
+    }
+    let tiles = min(TILE, params.n_tokens - t0);
+    for (var tt = 0u; tt < TILE; tt++) {
+        if (tt < tiles) {
+            attend(t0 + tt, h, lid, tt);
+        }
+    }
     workgroupBarrier();
     for (var j = lid; j < N; j += 64u) {
-        var acc = 0.0;
+        var acc: array<f32, TILE>;
         for (var d = 0u; d < HEAD_DIM; d++) {
-            acc += weight(j, h * HEAD_DIM + d) * head_out[d];
+            let w = weight(j, h * HEAD_DIM + d);
+            for (var tt = 0u; tt < tiles; tt++) {
+                acc[tt] += w * head_out[tt * HEAD_DIM + d];
+            }
         }
-        y[(t * N_HEAD + h) * N + j] = acc;
+        for (var tt = 0u; tt < tiles; tt++) {
+            y[((t0 + tt) * N_HEAD + h) * N + j] = acc[tt];
+        }
     }
 }

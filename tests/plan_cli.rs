@@ -125,12 +125,12 @@ fn inspect_prints_the_readable_header() {
     let (code, stdout, stderr) = llamart(&["inspect", plan.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
     for needle in [
-        "format_version: 2",
+        "format_version: 3",
         "activations: Q8",
         "architecture: \"llama\"",
         "steps: [",
-        "MatMul(",
-        "Attention(",
+        "FusedMatMul(",
+        "AttentionProject(",
     ] {
         assert!(stdout.contains(needle), "missing {needle}");
     }

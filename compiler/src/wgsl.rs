@@ -586,6 +586,7 @@ impl Emitter<'_> {
                     ("CTX", Const::U(self.h.limits.ctx.into())),
                     ("N", Const::U(n.into())),
                     ("ROW_BYTES", Const::U(row_bytes)),
+                    ("TILE", Const::U(MATMUL_TILE.into())),
                 ];
                 let k = self.kernel(
                     i,
@@ -608,7 +609,7 @@ impl Emitter<'_> {
                         w_o,
                     ],
                     n_head.into(),
-                    1,
+                    MATMUL_TILE,
                 );
             }
             Kernel::Add { n, broadcast } | Kernel::Mul { n, broadcast } => {
@@ -787,7 +788,7 @@ fn workgroup_bytes(kernel: &Kernel) -> u32 {
             };
             (staged + 64 + tile) * 4
         }
-        Kernel::AttentionProject { head_dim, .. } => (64 + head_dim) * 4,
+        Kernel::AttentionProject { head_dim, .. } => (64 + MATMUL_TILE * head_dim) * 4,
         _ => 64 * 4,
     }
 }
