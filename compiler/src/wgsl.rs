@@ -157,11 +157,19 @@ fn fused_module(
             i + 1
         );
     }
-    src.push_str(if partials == Some(PartialsInto::Input) {
-        include_str!("../../shaders/fused/input_parts.wgsl")
+    let parts_in_input = partials == Some(PartialsInto::Input);
+    if norm || parts_in_input {
+        src.push_str(if parts_in_input {
+            "fn input_at(t: u32, i: u32) -> f32 {\n    var v = x[t * K + i];\n    \
+             for (var h = 0u; h < PARTS; h++) {\n        v += parts[(t * PARTS + h) * K + i];\n    \
+             }\n    return v;\n}\n"
+        } else {
+            "fn input_at(t: u32, i: u32) -> f32 {\n    return x[t * K + i];\n}\n"
+        });
+        src.push_str(include_str!("../../shaders/fused/input_staged.wgsl"));
     } else {
-        include_str!("../../shaders/fused/input_direct.wgsl")
-    });
+        src.push_str(include_str!("../../shaders/fused/input_direct.wgsl"));
+    }
     if *epilogue == Epilogue::Add {
         src.push_str(if partials == Some(PartialsInto::Residual) {
             include_str!("../../shaders/fused/residual_parts.wgsl")
@@ -453,7 +461,7 @@ impl Emitter<'_> {
                     Decl("y", false, "f32"),
                 ];
                 let mut extra = Vec::new();
-                let tile = fused_tile(k, partials);
+                let tile = fused_tile(k, norm.is_some(), partials);
                 let mut consts = vec![
                     ("K", Const::U(k.into())),
                     ("N", Const::U(n.into())),
@@ -765,23 +773,28 @@ fn lcm(a: u64, b: u64) -> u64 {
 /// tokens): 12 KiB, leaving room for the norm's reductions under WebGPU's 16 KiB.
 pub const MAX_STAGED_VALUES: u32 = 3072;
 
+/// Whether a fused product stages its input in workgroup memory: when a prologue works on it.
+fn stages_input(norm: bool, partials: Option<Partials>) -> bool {
+    norm || partials.is_some_and(|p| p.into == PartialsInto::Input)
+}
+
 /// Tokens per workgroup of a fused product: those whose staged inputs fit, when it stages them.
-fn fused_tile(k: u32, partials: Option<Partials>) -> u32 {
-    match partials {
-        Some(Partials {
-            into: PartialsInto::Input,
-            ..
-        }) => (MAX_STAGED_VALUES / k).clamp(1, MATMUL_TILE),
-        _ => MATMUL_TILE,
+fn fused_tile(k: u32, norm: bool, partials: Option<Partials>) -> u32 {
+    if stages_input(norm, partials) {
+        (MAX_STAGED_VALUES / k).clamp(1, MATMUL_TILE)
+    } else {
+        MATMUL_TILE
     }
 }
 
 /// Workgroup memory a step's kernel uses, bytes.
 fn workgroup_bytes(kernel: &Kernel) -> u32 {
     match *kernel {
-        Kernel::FusedMatMul { k, partials, .. } => {
-            let tile = fused_tile(k, partials);
-            let staged = if partials.is_some_and(|p| p.into == PartialsInto::Input) {
+        Kernel::FusedMatMul {
+            k, norm, partials, ..
+        } => {
+            let tile = fused_tile(k, norm.is_some(), partials);
+            let staged = if stages_input(norm.is_some(), partials) {
                 tile * k
             } else {
                 0

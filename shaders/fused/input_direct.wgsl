@@ -1,4 +1,4 @@
-// The product's input is x as stored.
+// The product reads x as stored.
 fn stage(lid: u32, t0: u32) {}
 
 fn x_raw(t0: u32, tt: u32, i: u32) -> f32 {

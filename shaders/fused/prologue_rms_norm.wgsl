@@ -1,17 +1,15 @@
-// RMSNorm prologue: the workgroup computes 1 / sqrt(mean(x^2) + EPS) of each of its tokens, and
-// the product reads x * that * norm_w, as the unfused rms_norm kernel would have stored it.
+// RMSNorm prologue, on the staged input in place: the workgroup computes 1 / sqrt(mean(x^2) + EPS)
+// of each of its tokens and scales the staged values to x * that * norm_w, as the unfused rms_norm
+// kernel would have stored them.
 var<workgroup> partial: array<f32, 64>;
 var<workgroup> inv_rms: array<f32, TILE>;
 
 fn prologue(lid: u32, t0: u32) {
     for (var tt = 0u; tt < TILE; tt++) {
-        let t = t0 + tt;
         var sum = 0.0;
-        if (t < params.n_tokens) {
-            for (var i = lid; i < K; i += 64u) {
-                let v = x_raw(t0, tt, i);
-                sum += v * v;
-            }
+        for (var i = lid; i < K; i += 64u) {
+            let v = x_raw(t0, tt, i);
+            sum += v * v;
         }
         partial[lid] = sum;
         workgroupBarrier();
@@ -26,8 +24,12 @@ fn prologue(lid: u32, t0: u32) {
         }
         workgroupBarrier();
     }
+    for (var e = lid; e < TILE * K; e += 64u) {
+        staged[e] = staged[e] * inv_rms[e / K] * norm_w[e % K];
+    }
+    workgroupBarrier();
 }
 
 fn x_at(t0: u32, tt: u32, i: u32) -> f32 {
-    return x_raw(t0, tt, i) * inv_rms[tt] * norm_w[i];
+    return staged[tt * K + i];
 }
