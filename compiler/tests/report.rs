@@ -137,6 +137,15 @@ fn report_json_has_the_keys_scripts_read() {
         .collect();
     assert!(passes.contains(&"fuse_gated_ffn") && !passes.contains(&"fuse_qkv"));
     assert!(!passes.contains(&"fold_rms_norm"), "{passes:?}");
+    // `--help` names every pass that can be disabled.
+    let help = Command::new(env!("CARGO_BIN_EXE_llamac"))
+        .args(["compile", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for (name, _) in llamac::passes::REWRITES {
+        assert!(help.contains(name), "--help does not name {name}");
+    }
     for (bad, why) in [
         ("fuse_everything", "does not exist"),
         ("memory", "is required"),
