@@ -62,6 +62,16 @@ fn check(model: &str, compile: &Compile) {
             );
         }
     }
+    let compare = |backend: &str, logits: &[Vec<f32>]| {
+        for ((off, _), l) in plans.iter().zip(logits).skip(1) {
+            let d = max_abs_diff(&logits[0], l);
+            eprintln!("{model} {backend}, {off} off: max abs diff {d:e}");
+            assert!(
+                d <= TOLERANCE,
+                "{model} {backend}: turning off {off} moves the logits by {d}"
+            );
+        }
+    };
     let cpu: Vec<Vec<f32>> = loaded
         .iter()
         .map(|plan| {
@@ -69,14 +79,7 @@ fn check(model: &str, compile: &Compile) {
             logits(&mut |t| s.eval(t).unwrap().to_vec())
         })
         .collect();
-    for ((off, _), l) in plans.iter().zip(&cpu).skip(1) {
-        let d = max_abs_diff(&cpu[0], l);
-        eprintln!("{model} CPU, {off} off: max abs diff {d:e}");
-        assert!(
-            d <= TOLERANCE,
-            "{model} CPU: turning off {off} moves the logits by {d}"
-        );
-    }
+    compare("CPU", &cpu);
     if !gpu_available() {
         return;
     }
@@ -87,14 +90,7 @@ fn check(model: &str, compile: &Compile) {
             logits(&mut |t| s.eval(t).unwrap().to_vec())
         })
         .collect();
-    for ((off, _), l) in plans.iter().zip(&gpu).skip(1) {
-        let d = max_abs_diff(&gpu[0], l);
-        eprintln!("{model} GPU, {off} off: max abs diff {d:e}");
-        assert!(
-            d <= TOLERANCE,
-            "{model} GPU: turning off {off} moves the logits by {d}"
-        );
-    }
+    compare("GPU", &gpu);
 }
 
 #[test]

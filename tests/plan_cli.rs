@@ -135,3 +135,81 @@ fn inspect_prints_the_readable_header() {
         assert!(stdout.contains(needle), "missing {needle}");
     }
 }
+
+/// A plan whose fused steps do not add up (written by hand, or by a buggy compiler) is refused at
+/// load with the step and the reason, never run.
+#[test]
+fn inconsistent_fused_steps_are_refused_at_load() {
+    use llamart::plan::{Epilogue, Kernel, LoadedPlan, PartialsInto, PlanWriter};
+    let good = LoadedPlan::open(&tiny_plan()).unwrap();
+    let bad = scratch_dir().join("inconsistent.plan");
+    let find = |pred: &dyn Fn(&Kernel) -> bool| {
+        good.header
+            .steps
+            .iter()
+            .position(|s| pred(&s.kernel))
+            .unwrap()
+    };
+    let parts_into_input = find(
+        &|k| matches!(k, Kernel::FusedMatMul { partials: Some(p), .. } if p.into == PartialsInto::Input),
+    );
+    let rope_kv = find(&|k| {
+        matches!(
+            k,
+            Kernel::FusedMatMul {
+                epilogue: Epilogue::RopeKv { .. },
+                ..
+            }
+        )
+    });
+    let project = find(&|k| matches!(k, Kernel::AttentionProject { .. }));
+    type Breakage = Box<dyn Fn(&mut llamart::plan::Step)>;
+    let cases: Vec<(usize, Breakage, &str)> = vec![
+        (
+            parts_into_input,
+            Box::new(|s| {
+                s.inputs.pop();
+            }),
+            "inputs, expected",
+        ),
+        (
+            rope_kv,
+            Box::new(|s| {
+                if let Kernel::FusedMatMul {
+                    epilogue: Epilogue::RopeKv { n_kv_head, .. },
+                    ..
+                } = &mut s.kernel
+                {
+                    *n_kv_head += 1;
+                }
+            }),
+            "heads",
+        ),
+        (
+            project,
+            Box::new(|s| {
+                if let Kernel::AttentionProject { n, .. } = &mut s.kernel {
+                    *n += 1;
+                }
+            }),
+            "weight",
+        ),
+    ];
+    for (step, breakage, needle) in cases {
+        let mut header = good.header.clone();
+        breakage(&mut header.steps[step]);
+        let weights: Vec<&[u8]> = (0..header.weights.len() as u32)
+            .map(|i| good.weight(i))
+            .collect();
+        PlanWriter::write(&bad, &header, good.tokenizer_json(), weights.into_iter()).unwrap();
+        let plan = LoadedPlan::open(&bad).unwrap();
+        let err = match llamart::cpu::Session::new(&plan, 1) {
+            Ok(_) => panic!("step {step} broken, yet the plan loads"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains(&format!("step {step}")) && err.contains(needle),
+            "{err}"
+        );
+    }
+}

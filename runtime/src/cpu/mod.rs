@@ -776,6 +776,14 @@ fn validate(plan: &LoadedPlan) -> Result<(), LoadError> {
             _ => Err(format!("{b:?} where a weight is expected")),
         }
     };
+    // The weight of a product of k inputs and n outputs, of a type the products read.
+    let product_weight = |b: &Buf, k: u32, n: u32| -> Result<(), String> {
+        let w = weight(b)?;
+        if w.dims != [u64::from(k), u64::from(n)] || !matmul_supports(w.ty) {
+            return Err(format!("weight '{}' is {} {:?}", w.name, w.ty, w.dims));
+        }
+        Ok(())
+    };
     let f32_weight = |b: &Buf, len: u64| -> Result<(), String> {
         let w = weight(b)?;
         if w.ty != GgmlType::F32 || w.dims.iter().product::<u64>() != len {
@@ -846,10 +854,7 @@ fn validate(plan: &LoadedPlan) -> Result<(), LoadError> {
                 }
                 Kernel::MatMul { k, n } => {
                     arity(2)?;
-                    let w = weight(&step.inputs[1])?;
-                    if w.dims != [u64::from(k), u64::from(n)] || !matmul_supports(w.ty) {
-                        return Err(format!("weight '{}' is {} {:?}", w.name, w.ty, w.dims));
-                    }
+                    product_weight(&step.inputs[1], k, n)?;
                     regions.push(arena_region(&step.inputs[0], u64::from(k))?);
                     arena_region(&step.output, u64::from(n))?
                 }
@@ -911,12 +916,7 @@ fn validate(plan: &LoadedPlan) -> Result<(), LoadError> {
                 } => {
                     arity(2)?;
                     check_kv_layer(layer, n_head, n_kv_head, head_dim)?;
-                    let w = weight(&step.inputs[1])?;
-                    if w.dims != [u64::from(n_head * head_dim), u64::from(n)]
-                        || !matmul_supports(w.ty)
-                    {
-                        return Err(format!("weight '{}' is {} {:?}", w.name, w.ty, w.dims));
-                    }
+                    product_weight(&step.inputs[1], n_head * head_dim, n)?;
                     regions.push(arena_region(&step.inputs[0], u64::from(n_head * head_dim))?);
                     arena_region(&step.output, u64::from(n_head * n))?
                 }
@@ -950,10 +950,7 @@ fn validate(plan: &LoadedPlan) -> Result<(), LoadError> {
                         let parts = step.inputs.last().expect("arity checked");
                         regions.push(arena_region(parts, u64::from(p.count * len))?);
                     }
-                    let w = weight(&step.inputs[1])?;
-                    if w.dims != [u64::from(k), u64::from(n)] || !matmul_supports(w.ty) {
-                        return Err(format!("weight '{}' is {} {:?}", w.name, w.ty, w.dims));
-                    }
+                    product_weight(&step.inputs[1], k, n)?;
                     regions.push(arena_region(&step.inputs[0], u64::from(k))?);
                     if norm.is_some() {
                         f32_weight(&step.inputs[2], u64::from(k))?;
