@@ -201,7 +201,7 @@ fn inconsistent_fused_steps_are_refused_at_load() {
         let weights: Vec<&[u8]> = (0..header.weights.len() as u32)
             .map(|i| good.weight(i))
             .collect();
-        PlanWriter::write(&bad, &header, good.tokenizer_json(), weights.into_iter()).unwrap();
+        PlanWriter::write(&bad, &header, good.tokenizer_json(), weights).unwrap();
         let plan = LoadedPlan::open(&bad).unwrap();
         let err = match llamart::cpu::Session::new(&plan, 1) {
             Ok(_) => panic!("step {step} broken, yet the plan loads"),

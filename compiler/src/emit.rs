@@ -11,7 +11,6 @@ use thiserror::Error;
 use crate::gguf::GgufFile;
 use crate::ir::{Dim, Graph, NodeId, Op};
 use crate::lower::Hparams;
-use crate::passes::memory::storage_root;
 use crate::passes::{Compiled, PipelineOptions};
 
 #[derive(Debug, Error)]
@@ -64,7 +63,7 @@ pub fn emit<'a>(
             });
             return Buf::Weight(index);
         }
-        let p = &c.memory.placements[&storage_root(g, id)];
+        let p = &c.memory.placements[&g.storage_root(id)];
         Buf::Arena {
             offset: p.offset,
             row_bytes: p.row_bytes,
@@ -168,6 +167,15 @@ fn product_weight(g: &Graph, w: NodeId) -> Result<&[u64], String> {
     Ok(dims)
 }
 
+/// (query heads, KV heads, head dim) of attention node `id`, from its q operand and its cache.
+fn attention_heads(g: &Graph, id: NodeId) -> (u32, u32, u32) {
+    let q = g.ty(g.operands(id)[0]);
+    let (n_kv_head, _) = g
+        .attention_kv_heads(id)
+        .expect("shape inference checked attention operands");
+    (fixed(&q.shape[1]), n_kv_head as u32, fixed(&q.shape[2]))
+}
+
 fn kernel_for(g: &Graph, id: NodeId) -> Result<Kernel, EmitError> {
     let node = g.node(id);
     let ty = g.ty(id);
@@ -225,15 +233,12 @@ fn kernel_for(g: &Graph, id: NodeId) -> Result<Kernel, EmitError> {
             window,
         } => {
             let dims = product_weight(g, operands[1]).map_err(unsupported)?;
-            let q = g.ty(operands[0]);
-            let (n_kv_head, _) = g
-                .attention_kv_heads(id)
-                .expect("shape inference checked attention operands");
+            let (n_head, n_kv_head, head_dim) = attention_heads(g, id);
             Kernel::AttentionProject {
                 layer: *layer,
-                n_head: fixed(&q.shape[1]),
-                n_kv_head: n_kv_head as u32,
-                head_dim: fixed(&q.shape[2]),
+                n_head,
+                n_kv_head,
+                head_dim,
                 scale: *scale,
                 window: *window,
                 n: dims[1] as u32,
@@ -272,14 +277,12 @@ fn kernel_for(g: &Graph, id: NodeId) -> Result<Kernel, EmitError> {
             scale,
             window,
         } => {
-            let (n_kv_head, _) = g
-                .attention_kv_heads(id)
-                .expect("shape inference checked attention operands");
+            let (n_head, n_kv_head, head_dim) = attention_heads(g, id);
             Kernel::Attention {
                 layer: *layer,
-                n_head: fixed(&ty.shape[1]),
-                n_kv_head: n_kv_head as u32,
-                head_dim: fixed(&ty.shape[2]),
+                n_head,
+                n_kv_head,
+                head_dim,
                 scale: *scale,
                 window: *window,
                 append: operands.len() == 3,

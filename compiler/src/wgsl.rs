@@ -301,6 +301,19 @@ impl Emitter<'_> {
         }
     }
 
+    /// The error for step `step`, whose fused kernel needs weight `b` in one binding.
+    fn too_large_to_fuse(&self, step: usize, b: &Buf) -> GpuError {
+        let Buf::Weight(w) = *b else {
+            unreachable!("a weight operand")
+        };
+        let w = &self.h.weights[w as usize];
+        GpuError::FusedTooLarge {
+            step,
+            name: w.name.clone(),
+            bytes: w.bytes,
+        }
+    }
+
     /// The K and V regions of layer `layer`'s cache.
     fn kv_bindings(&self, layer: u32) -> (GpuBinding, GpuBinding) {
         let lay = self.h.kv.layers[layer as usize];
@@ -445,15 +458,7 @@ impl Emitter<'_> {
             } => {
                 let (ty, row_bytes, parts) = self.weight_parts(i, io(1))?;
                 if parts.len() > 1 && !matches!(epilogue, Epilogue::Store | Epilogue::Add) {
-                    let Buf::Weight(w) = *io(1) else {
-                        unreachable!("a weight operand")
-                    };
-                    let w = &self.h.weights[w as usize];
-                    return Err(GpuError::FusedTooLarge {
-                        step: i,
-                        name: w.name.clone(),
-                        bytes: w.bytes,
-                    });
+                    return Err(self.too_large_to_fuse(i, io(1)));
                 }
                 let mut decls = vec![
                     Decl("wq", true, "u32"),
@@ -574,15 +579,7 @@ impl Emitter<'_> {
             } => {
                 let (ty, row_bytes, parts) = self.weight_parts(i, io(1))?;
                 let [(_, _, w_o)] = parts[..] else {
-                    let Buf::Weight(w) = *io(1) else {
-                        unreachable!("a weight operand")
-                    };
-                    let w = &self.h.weights[w as usize];
-                    return Err(GpuError::FusedTooLarge {
-                        step: i,
-                        name: w.name.clone(),
-                        bytes: w.bytes,
-                    });
+                    return Err(self.too_large_to_fuse(i, io(1)));
                 };
                 let (kc, vc) = self.kv_bindings(layer);
                 let consts = [

@@ -73,7 +73,7 @@ pub fn run(g: &mut Graph) -> usize {
             x,
             weights,
             biases,
-            rope,
+            rope: (n_rot, base, neox),
             n_head,
             n_kv_head,
             head_dim,
@@ -88,9 +88,6 @@ pub fn run(g: &mut Graph) -> usize {
                 None => continue,
             }
         }
-        let Op::Rope { n_rot, base, neox } = rope else {
-            unreachable!("matched a rope")
-        };
         let epilogue = Epilogue::RopeKv {
             layer,
             n_head,
@@ -126,7 +123,8 @@ struct Plan {
     x: NodeId,
     weights: [NodeId; 3],
     biases: Option<[NodeId; 3]>,
-    rope: Op,
+    /// n_rot, base, neox of the RoPE q and k share.
+    rope: (u32, f32, bool),
     n_head: u32,
     n_kv_head: u32,
     head_dim: u32,
@@ -136,9 +134,11 @@ fn match_layer(g: &Graph, att: NodeId) -> Option<Plan> {
     let [q_rope, k_rope, v] = g.operands(att)[..] else {
         return None;
     };
-    let rope = |r: NodeId| -> Option<(Op, NodeId)> {
-        let op = g.node(r).op.clone();
-        (matches!(op, Op::Rope { .. }) && only_user(g, r)? == att).then(|| (op, g.operands(r)[0]))
+    let rope = |r: NodeId| -> Option<((u32, f32, bool), NodeId)> {
+        let Op::Rope { n_rot, base, neox } = g.node(r).op else {
+            return None;
+        };
+        (only_user(g, r)? == att).then(|| ((n_rot, base, neox), g.operands(r)[0]))
     };
     let ((q_op, q), (k_op, k)) = (rope(q_rope)?, rope(k_rope)?);
     if q_op != k_op {

@@ -44,11 +44,6 @@ pub struct MemoryPlan {
     pub unshared_bytes: u64,
 }
 
-/// The node whose buffer `id` lives in: itself, or for a reshape, its source's.
-pub fn storage_root(g: &Graph, id: NodeId) -> NodeId {
-    g.storage_root(id)
-}
-
 pub fn run(g: &Graph, schedule: &[NodeId], max_batch: u32) -> MemoryPlan {
     // Lifetime of each root buffer: [defining step, last step that reads it or a view of it].
     let position: HashMap<NodeId, usize> =
@@ -70,14 +65,14 @@ pub fn run(g: &Graph, schedule: &[NodeId], max_batch: u32) -> MemoryPlan {
     }
     for &id in schedule {
         for operand in g.operands(id) {
-            let root = storage_root(g, operand);
+            let root = g.storage_root(operand);
             if let Some(life) = lifetime.get_mut(&root) {
                 life.1 = life.1.max(position[&id]);
             }
         }
     }
     for &out in &g.outputs {
-        if let Some(life) = lifetime.get_mut(&storage_root(g, out)) {
+        if let Some(life) = lifetime.get_mut(&g.storage_root(out)) {
             life.1 = schedule.len();
         }
     }
@@ -161,8 +156,8 @@ mod tests {
         }
         let order = schedule::run(&g);
         let plan = run(&g, &order, 8);
-        let at = |n| plan.placements[&storage_root(&g, n)].offset;
-        assert_eq!(storage_root(&g, a), ids);
+        let at = |n| plan.placements[&g.storage_root(n)].offset;
+        assert_eq!(g.storage_root(a), ids);
         assert_ne!(at(c), at(d), "c is read by e, so d cannot take its place");
         assert_ne!(at(d), at(e));
         assert_ne!(at(c), at(e));
