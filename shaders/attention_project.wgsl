@@ -2,14 +2,8 @@
 // columns of W_o (bound as `wq`, rows of ROW_BYTES) that head h's output multiplies, times that
 // output. The parts sum to the projection; the consumer adds them. One workgroup per (head, TILE
 // tokens), so each weight is decoded once per TILE tokens.
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;
-@group(0) @binding(6) var<storage, read> wq: array<u32>;
-
-var<workgroup> head_out: array<f32, TILE * HEAD_DIM>;
-
-fn store(slot: u32, t: u32, h: u32, d: u32, v: f32) {
-    head_out[slot * HEAD_DIM + d] = v;
-}
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read> wq: array<u32>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -19,18 +13,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         return;
     }
     let tiles = min(TILE, params.n_tokens - t0);
-    for (var tt = 0u; tt < TILE; tt++) {
-        if (tt < tiles) {
-            attend(t0 + tt, h, lid, tt);
-        }
-    }
-    workgroupBarrier();
-    for (var j = lid; j < N; j += 64u) {
+    attend_tile(h, t0, tiles, lid);
+    for (var j = lid; j < N; j += BLOCK) {
         var acc: array<f32, TILE>;
         for (var d = 0u; d < HEAD_DIM; d++) {
             let w = weight(j, h * HEAD_DIM + d);
             for (var tt = 0u; tt < tiles; tt++) {
-                acc[tt] += w * head_out[tt * HEAD_DIM + d];
+                acc[tt] += w * rows[tt * HEAD_DIM + d];
             }
         }
         for (var tt = 0u; tt < tiles; tt++) {

@@ -1,15 +1,18 @@
-// Attention's output stored as it is (rows of N_HEAD * HEAD_DIM); one workgroup per (head,
-// token).
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;
-
-fn store(slot: u32, t: u32, h: u32, d: u32, v: f32) {
-    y[(t * N_HEAD + h) * HEAD_DIM + d] = v;
-}
+// Attention's output stored as it is (rows of N_HEAD * HEAD_DIM); one workgroup per (head, TILE
+// tokens).
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    if (wid.y >= params.n_tokens) {
+    let h = wid.x;
+    let t0 = wid.y * TILE;
+    if (t0 >= params.n_tokens) {
         return;
     }
-    attend(wid.y, wid.x, lid, 0u);
+    let tiles = min(TILE, params.n_tokens - t0);
+    attend_tile(h, t0, tiles, lid);
+    for (var i = lid; i < tiles * HEAD_DIM; i += BLOCK) {
+        let tt = i / HEAD_DIM;
+        y[((t0 + tt) * N_HEAD + h) * HEAD_DIM + i % HEAD_DIM] = rows[i];
+    }
 }

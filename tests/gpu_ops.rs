@@ -73,6 +73,7 @@ struct Builder {
     steps: Vec<Step>,
     arena: u64,
     max_batch: u32,
+    ctx: u32,
 }
 
 impl Builder {
@@ -84,8 +85,21 @@ impl Builder {
             steps: vec![],
             arena: 0,
             max_batch: 8,
+            ctx: 16,
         };
         b.alloc(1); // token ids
+        b
+    }
+
+    /// A builder for plans of `ctx` positions that take `max_batch` tokens a step.
+    fn with_limits(seed: u64, ctx: u32, max_batch: u32) -> Self {
+        let mut b = Builder {
+            max_batch,
+            ctx,
+            ..Builder::new(seed)
+        };
+        b.arena = 0;
+        b.alloc(1);
         b
     }
 
@@ -173,7 +187,7 @@ impl Builder {
         kv: KvLayout,
         max_binding: u64,
     ) -> std::path::PathBuf {
-        let ctx = 16;
+        let ctx = self.ctx;
         let mut header = PlanHeader {
             format_version: FORMAT_VERSION,
             compiler_version: "test".into(),
@@ -233,12 +247,17 @@ const TOLERANCE: f64 = 1e-6;
 
 /// Runs the plan on both backends: a prefill of 5 tokens, then 2 single-token steps.
 fn compare(label: &str, path: &std::path::Path) {
+    compare_steps(label, path, &[&[1, 5, 2, 6, 0], &[3], &[4]]);
+}
+
+/// Runs the plan on both backends, one step per slice of token ids.
+fn compare_steps(label: &str, path: &std::path::Path, steps: &[&[u32]]) {
     let plan = LoadedPlan::open(path).unwrap();
     let mut cpu = Session::new(&plan, 2).unwrap();
     let mut last = Session::new(&plan, 2).unwrap();
     let mut gpu = GpuSession::new(&plan).unwrap();
     let n_vocab = plan.header.model.n_vocab;
-    for tokens in [&[1u32, 5, 2, 6, 0][..], &[3], &[4]] {
+    for tokens in steps {
         let tokens: Vec<u32> = tokens.iter().map(|t| t % n_vocab).collect();
         let c = cpu.eval(&tokens).unwrap().to_vec();
         let row = c.len() / tokens.len();
@@ -464,6 +483,92 @@ fn attention_with_grouped_heads_windows_and_a_growing_cache() {
         compare(
             &format!("attention {n_head}/{n_kv_head}x{head_dim} window {window:?}"),
             &b.finish(out, n_head * head_dim, kv),
+        );
+    }
+}
+
+/// The GPU attention takes keys in blocks of 64 and tokens in tiles of 8: a 143-token run of
+/// prefill chunks longer than a tile and single-token steps crosses both, with windows that start
+/// inside a tile and inside a block; the per-head projection goes through the same path.
+#[test]
+fn attention_across_key_blocks_and_token_tiles() {
+    if !gpu_available() {
+        return;
+    }
+    let ids: Vec<u32> = (0..143u32).map(|i| (i * 37 + 11) % VOCAB).collect();
+    let mut steps: Vec<&[u32]> = Vec::new();
+    let mut at = 0;
+    for len in [11, 70, 1, 60, 1] {
+        steps.push(&ids[at..at + len]);
+        at += len;
+    }
+    let ctx = 160;
+    for (n_head, n_kv_head, head_dim, window, project) in [
+        (9u32, 3u32, 64u32, None, false),
+        (4, 1, 256, Some(70), false),
+        (2, 2, 20, Some(5), false),
+        (9, 3, 64, Some(100), true),
+    ] {
+        let mut b = Builder::with_limits(u64::from(head_dim) + 7, ctx, 72);
+        let q = b.input(n_head * head_dim);
+        let k = b.input(n_kv_head * head_dim);
+        let v = b.input(n_kv_head * head_dim);
+        let region = (u64::from(ctx * n_kv_head * head_dim) * 4).div_ceil(256) * 256;
+        let kv = KvLayout {
+            bytes: 2 * region,
+            layers: vec![KvLayer {
+                k_offset: 0,
+                v_offset: region,
+                n_kv_head,
+                head_dim,
+            }],
+        };
+        let attention = |append| Kernel::Attention {
+            layer: 0,
+            n_head,
+            n_kv_head,
+            head_dim,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            window,
+            append,
+        };
+        let width = n_head * head_dim;
+        let (out, n_out) = if project {
+            // The first attention stores the keys and values the projected one reads; the parts
+            // are summed into a product's input, as fuse_attention_output arranges.
+            b.op(attention(true), vec![q, k, v], width);
+            let n = 48;
+            let w_o = b.weight(GgmlType::Q8_0, &[width.into(), n.into()]);
+            let project = Kernel::AttentionProject {
+                layer: 0,
+                n_head,
+                n_kv_head,
+                head_dim,
+                scale: 1.0 / (head_dim as f32).sqrt(),
+                window,
+                n,
+            };
+            let parts = b.op(project, vec![q, w_o], n_head * n);
+            let x = b.input(n);
+            let w = b.weight(GgmlType::F32, &[n.into(), 24]);
+            let sum = Kernel::FusedMatMul {
+                k: n,
+                n: 24,
+                norm: None,
+                epilogue: Epilogue::Store,
+                partials: Some(Partials {
+                    into: PartialsInto::Input,
+                    count: n_head,
+                }),
+            };
+            (b.op(sum, vec![x, w, parts], 24), 24)
+        } else {
+            (b.op(attention(true), vec![q, k, v], width), width)
+        };
+        compare_steps(
+            &format!("attention {n_head}/{n_kv_head}x{head_dim} window {window:?} project {project}"),
+            &b.finish(out, n_out, kv),
+            &steps,
         );
     }
 }

@@ -20,6 +20,9 @@ pub const OFFSET_ALIGN: u64 = 256;
 const WORKGROUP: u32 = 64;
 /// Tokens each matmul invocation handles (`TILE` in shaders/matmul.wgsl).
 const MATMUL_TILE: u32 = 8;
+/// Tokens each attention workgroup handles (`TILE` in shaders/attention.wgsl): every key and
+/// value row read serves this many queries.
+const ATTENTION_TILE: u32 = 8;
 /// Most candidates the GPU top-k kernel returns.
 pub const MAX_TOP_K: u32 = 1024;
 
@@ -588,33 +591,21 @@ impl Emitter<'_> {
                     ("HEAD_DIM", Const::U(head_dim.into())),
                     ("SCALE", Const::F(scale)),
                     ("WINDOW", Const::U(window.unwrap_or(0).into())),
-                    ("CTX", Const::U(self.h.limits.ctx.into())),
+                    ("TILE", Const::U(ATTENTION_TILE.into())),
                     ("N", Const::U(n.into())),
                     ("ROW_BYTES", Const::U(row_bytes)),
-                    ("TILE", Const::U(MATMUL_TILE.into())),
                 ];
                 let k = self.kernel(
                     i,
                     format!("attention_project_{ty}_{n_head}x{head_dim}_n{n}"),
                     module("attention_project", Some(ty), &consts),
                 )?;
-                let scratch = GpuBinding::Scratch {
-                    offset: 0,
-                    size: scratch_bytes(self.h),
-                };
                 self.dispatch(
                     i,
                     k,
-                    vec![
-                        self.arena(io(0)),
-                        kc,
-                        vc,
-                        scratch,
-                        self.arena(&step.output),
-                        w_o,
-                    ],
+                    vec![self.arena(io(0)), kc, vc, self.arena(&step.output), w_o],
                     n_head.into(),
-                    MATMUL_TILE,
+                    ATTENTION_TILE,
                 );
             }
             Kernel::Add { n, broadcast } | Kernel::Mul { n, broadcast } => {
@@ -708,7 +699,6 @@ impl Emitter<'_> {
                 append,
             } => {
                 let (kc, vc) = self.kv_bindings(layer);
-                let ctx = u64::from(self.h.limits.ctx);
                 if append {
                     let row = u64::from(n_kv_head * head_dim);
                     let store = self.kernel(
@@ -730,23 +720,19 @@ impl Emitter<'_> {
                     ("HEAD_DIM", Const::U(head_dim.into())),
                     ("SCALE", Const::F(scale)),
                     ("WINDOW", Const::U(window.unwrap_or(0).into())),
-                    ("CTX", Const::U(ctx)),
+                    ("TILE", Const::U(ATTENTION_TILE.into())),
                 ];
                 let k = self.kernel(
                     i,
                     format!("attention_{n_head}x{head_dim}"),
                     module("attention", None, &consts),
                 )?;
-                let scratch = GpuBinding::Scratch {
-                    offset: 0,
-                    size: scratch_bytes(self.h),
-                };
                 self.dispatch(
                     i,
                     k,
-                    vec![self.arena(io(0)), kc, vc, scratch, self.arena(&step.output)],
+                    vec![self.arena(io(0)), kc, vc, self.arena(&step.output)],
                     n_head.into(),
-                    1,
+                    ATTENTION_TILE,
                 );
             }
         }
@@ -798,7 +784,10 @@ fn workgroup_bytes(kernel: &Kernel) -> u32 {
             };
             (staged + 64 + tile) * 4
         }
-        Kernel::AttentionProject { head_dim, .. } => (64 + MATMUL_TILE * head_dim) * 4,
+        Kernel::Attention { head_dim, .. } | Kernel::AttentionProject { head_dim, .. } => {
+            // Query then output rows, one block's scores, three values per token.
+            ATTENTION_TILE * (head_dim + WORKGROUP + 3) * 4
+        }
         _ => 64 * 4,
     }
 }
@@ -806,17 +795,6 @@ fn workgroup_bytes(kernel: &Kernel) -> u32 {
 /// The top-k kernel's output: ids, logits and the log-sum-exp.
 pub fn candidates_bytes() -> u64 {
     (2 * u64::from(MAX_TOP_K) + 1) * 4
-}
-
-/// Attention scores: one row of `ctx` values per head and token of a step.
-fn scratch_bytes(h: &PlanHeader) -> u64 {
-    let heads = h.steps.iter().filter_map(|s| match s.kernel {
-        Kernel::Attention { n_head, .. } | Kernel::AttentionProject { n_head, .. } => {
-            Some(u64::from(n_head))
-        }
-        _ => None,
-    });
-    heads.max().unwrap_or(0) * u64::from(h.limits.max_batch) * u64::from(h.limits.ctx) * 4
 }
 
 /// The GPU form of the plan's steps.
@@ -870,15 +848,13 @@ pub fn gpu_section_with_max_binding(
             GpuBinding::Weight { size, .. }
             | GpuBinding::Arena { size, .. }
             | GpuBinding::Kv { size, .. }
-            | GpuBinding::Scratch { size, .. }
             | GpuBinding::Candidates { size, .. } => size,
         })
         .max()
         .unwrap_or(0);
-    let scratch = scratch_bytes(h);
     let weights: u64 = h.weights.iter().map(|w| w.bytes.div_ceil(4) * 4).sum();
     let logits_bytes = u64::from(h.limits.max_batch) * u64::from(h.model.n_vocab) * 4;
-    let max_buffer = [h.arena.bytes, h.kv.bytes, scratch]
+    let max_buffer = [h.arena.bytes, h.kv.bytes]
         .into_iter()
         .chain(h.weights.iter().map(|w| w.bytes))
         .max()
@@ -915,11 +891,9 @@ pub fn gpu_section_with_max_binding(
         memory_bytes: weights
             + h.arena.bytes
             + h.kv.bytes
-            + scratch
             + 16
             + logits_bytes
             + candidates_bytes(),
-        scratch_bytes: scratch,
         top_k,
         max_top_k: MAX_TOP_K,
         kernels: e.kernels,

@@ -1,9 +1,9 @@
 //! The GPU backend: replays the plan's GPU section on wgpu (Vulkan, Metal, DX12).
 //!
 //! Everything is created once, at load: weight buffers (uploaded once), the arena, the KV cache,
-//! the attention scratch, every pipeline and every bind group. A step of n tokens is then one
-//! small parameter write, one command encoder with one compute pass holding all dispatches, one
-//! submit, and a read back of the logits.
+//! every pipeline and every bind group. A step of n tokens is then one small parameter write, one
+//! command encoder with one compute pass holding all dispatches, one submit, and a read back of
+//! the logits.
 
 use std::num::NonZeroU64;
 
@@ -189,7 +189,6 @@ impl<'p> GpuSession<'p> {
         let params = buffer(&device, "params", 16, U::UNIFORM | U::COPY_DST);
         let arena = buffer(&device, "arena", h.arena.bytes, storage);
         let kv = buffer(&device, "kv cache", h.kv.bytes, storage);
-        let scratch = buffer(&device, "attention scratch", gpu.scratch_bytes, storage);
         let logits_len = h.limits.max_batch as usize * h.model.n_vocab as usize;
         let readback = buffer(
             &device,
@@ -264,7 +263,6 @@ impl<'p> GpuSession<'p> {
                     } => (&weights[index as usize], offset, size),
                     GpuBinding::Arena { offset, size } => (&arena, offset, size),
                     GpuBinding::Kv { offset, size } => (&kv, offset, size),
-                    GpuBinding::Scratch { offset, size } => (&scratch, offset, size),
                     GpuBinding::Candidates { offset, size } => (&candidates, offset, size),
                 };
                 if offset + size > buf.size() {

@@ -44,10 +44,8 @@ pub struct GpuSection {
     /// (sampling): writes at most `max_top_k` (id, logit) pairs and the log-sum-exp.
     pub top_k: GpuDispatch,
     pub max_top_k: u32,
-    /// Attention scores scratch, bytes.
-    pub scratch_bytes: u64,
     pub requirements: GpuRequirements,
-    /// Everything the GPU path allocates: weights, arena, KV cache, scratch, params and readback.
+    /// Everything the GPU path allocates: weights, arena, KV cache, params and readback.
     pub memory_bytes: u64,
 }
 
@@ -81,10 +79,6 @@ pub enum GpuBinding {
         size: u64,
     },
     Kv {
-        offset: u64,
-        size: u64,
-    },
-    Scratch {
         offset: u64,
         size: u64,
     },
