@@ -61,8 +61,9 @@ fn reference_logits(m: &TinyLlama, file: &GgufFile, tokens: &[u32]) -> Vec<Vec<f
     let group = (m.n_head / m.n_head_kv) as usize;
     let embd = w.get("token_embd.weight").unwrap();
     let bias = |name: &str, n: usize| w.get(name).map_or(vec![0.0; n], |b| b.concat());
-    let mut caches: Vec<(Vec<Vec<f64>>, Vec<Vec<f64>>)> =
-        vec![(vec![], vec![]); m.n_layer as usize];
+    // Per layer: the cached key rows and value rows.
+    type Rows = Vec<Vec<f64>>;
+    let mut caches: Vec<(Rows, Rows)> = vec![(vec![], vec![]); m.n_layer as usize];
     let mut out = Vec::new();
     for (pos, &tok) in tokens.iter().enumerate() {
         let mut x = embd[tok as usize].clone();

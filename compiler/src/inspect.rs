@@ -97,12 +97,11 @@ fn render_hyperparameters(out: &mut String, f: &GgufFile, arch: &str) {
         get("embedding_length"),
         get("attention.head_count"),
     ) {
-        if h > 0 {
+        if let Some(head_dim) = d.checked_div(h) {
             let _ = writeln!(
                 out,
-                "  {:width$}  {} (embedding_length / head_count)",
+                "  {:width$}  {head_dim} (embedding_length / head_count)",
                 "head dim",
-                d / h
             );
         }
     }

@@ -136,6 +136,9 @@ fn prelude(weight: Option<GgmlType>, consts: &[(&str, Const)]) -> String {
     src
 }
 
+/// A run of a weight's rows that one binding holds: first row, rows, binding.
+type WeightPart = (u64, u64, GpuBinding);
+
 /// A storage binding of a fused kernel: name, whether the kernel only reads it through a
 /// read-only view (weights; arena and cache buffers are bound several times in one dispatch, so
 /// they are always read-write), element type.
@@ -350,7 +353,7 @@ impl Emitter<'_> {
         &self,
         step: usize,
         b: &Buf,
-    ) -> Result<(GgmlType, u64, Vec<(u64, u64, GpuBinding)>), GpuError> {
+    ) -> Result<(GgmlType, u64, Vec<WeightPart>), GpuError> {
         let Buf::Weight(index) = *b else {
             unreachable!("a weight operand")
         };

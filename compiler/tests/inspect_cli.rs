@@ -18,7 +18,10 @@ fn inspect(args: &[&str]) -> (i32, String, String) {
 }
 
 /// Hyperparameters as listed in shared/models.md.
-const EXPECTED: [(&str, &str, &[(&str, u64)]); 3] = [
+/// Model id, architecture, and (key, value) pairs under the architecture's prefix.
+type Expected = (&'static str, &'static str, &'static [(&'static str, u64)]);
+
+const EXPECTED: [Expected; 3] = [
     (
         "smollm2-135m-q4_1",
         "llama",
