@@ -1,6 +1,6 @@
 // y[t][N0 + j] = sum_i W[j][i] x[t][i] for the NP rows of W bound as `wq` (W is split across
 // bindings when it is larger than one binding may be). Constants: K, N (row length of y), N0, NP,
-// ROW_BYTES. Activations stay f32: each invocation owns one row of W and TILE tokens, so every
+// ROW_BYTES, FROM_FIRST_ROW (start at params.first_row: the logits step). Activations stay f32: each invocation owns one row of W and TILE tokens, so every
 // weight is decoded once per TILE tokens.
 const TILE: u32 = 8u;
 
@@ -11,7 +11,7 @@ const TILE: u32 = 8u;
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let j = gid.x;
-    let t0 = gid.y * TILE;
+    let t0 = select(0u, params.first_row, FROM_FIRST_ROW) + gid.y * TILE;
     if (j >= NP || t0 >= params.n_tokens) {
         return;
     }

@@ -256,8 +256,9 @@ fn compare_steps(label: &str, path: &std::path::Path, steps: &[&[u32]]) {
     let mut cpu = Session::new(&plan, 2).unwrap();
     let mut last = Session::new(&plan, 2).unwrap();
     let mut gpu = GpuSession::new(&plan).unwrap();
+    let mut gpu_last = GpuSession::new(&plan).unwrap();
     let n_vocab = plan.header.model.n_vocab;
-    for tokens in steps {
+    for (i, tokens) in steps.iter().enumerate() {
         let tokens: Vec<u32> = tokens.iter().map(|t| t % n_vocab).collect();
         let c = cpu.eval(&tokens).unwrap().to_vec();
         let row = c.len() / tokens.len();
@@ -267,6 +268,17 @@ fn compare_steps(label: &str, path: &std::path::Path, steps: &[&[u32]]) {
             "{label}: the CPU's last-row path differs from its full evaluation"
         );
         let g = gpu.eval(&tokens).unwrap();
+        // The paths that want fewer logits: the logits step computes only the last row (it must
+        // equal the full evaluation's), or, for the second step, nothing.
+        if i == 1 {
+            gpu_last.prefill(&tokens).unwrap();
+        } else {
+            let last = gpu_last.eval_last(&tokens).unwrap();
+            assert!(
+                last == &g[g.len() - row..],
+                "{label}: the GPU's last-row path differs from its full evaluation"
+            );
+        }
         let e = nmse(g, &c);
         if std::env::var_os("SHOW_NMSE").is_some() {
             eprintln!("{label}: NMSE {e:e}");
@@ -566,10 +578,94 @@ fn attention_across_key_blocks_and_token_tiles() {
             (b.op(attention(true), vec![q, k, v], width), width)
         };
         compare_steps(
-            &format!("attention {n_head}/{n_kv_head}x{head_dim} window {window:?} project {project}"),
+            &format!(
+                "attention {n_head}/{n_kv_head}x{head_dim} window {window:?} project {project}"
+            ),
             &b.finish(out, n_out, kv),
             &steps,
         );
+    }
+}
+
+/// The logits step (a product, fused or not, whole or split across bindings) computes only the
+/// rows the host wants: with prompts longer than a tile, the last row comes from a later tile, and
+/// a prefill dispatches nothing of that step.
+#[test]
+fn the_logits_step_computes_only_the_wanted_rows() {
+    if !gpu_available() {
+        return;
+    }
+    let ids: Vec<u32> = (0..35u32).map(|i| (i * 13 + 5) % VOCAB).collect();
+    let steps = [&ids[..19], &ids[19..22], &ids[22..]];
+    let (k, n) = (64u32, 300u32);
+    for (fused, max_binding) in [
+        (false, llamac::wgsl::MAX_BINDING_BYTES),
+        (true, llamac::wgsl::MAX_BINDING_BYTES),
+        (true, 64 * 68 * 4),
+    ] {
+        let mut b = Builder::with_limits(u64::from(n) + u64::from(fused), 48, 24);
+        let x = b.input(k);
+        let w = b.weight(GgmlType::Q8_0, &[k.into(), n.into()]);
+        let head = if fused {
+            let norm = b.weight(GgmlType::F32, &[k.into()]);
+            let kernel = Kernel::FusedMatMul {
+                k,
+                n,
+                norm: Some(1e-5),
+                epilogue: Epilogue::Store,
+                partials: None,
+            };
+            b.op(kernel, vec![x, w, norm], n)
+        } else {
+            b.op(Kernel::MatMul { k, n }, vec![x, w], n)
+        };
+        let path = b.finish_with_max_binding(head, n, no_kv(), max_binding);
+        let plan = LoadedPlan::open(&path).unwrap();
+        let gpu = &plan.header.gpu;
+        let head_dispatches = gpu.dispatches.iter().filter(|d| d.logits).count() as u32;
+        let expected = if max_binding < u64::from(n) * 68 {
+            2
+        } else {
+            1
+        };
+        assert_eq!(
+            head_dispatches, expected,
+            "fused {fused}: the head's dispatches"
+        );
+        let label = format!("fused {fused}, head in {head_dispatches} dispatches");
+        compare_steps(&label, &path, &steps);
+
+        let mut session = GpuSession::new(&plan).unwrap();
+        session.prefill(steps[0]).unwrap();
+        let all = gpu.dispatches.len() as u32;
+        assert_eq!(
+            session.last_step.dispatches,
+            all - head_dispatches,
+            "{label}"
+        );
+        assert_eq!(session.last_step.bytes_read_back, 0, "{label}");
+        session.eval_last(steps[1]).unwrap();
+        assert_eq!(session.last_step.dispatches, all, "{label}");
+        assert_eq!(
+            session.last_step.bytes_read_back,
+            u64::from(n) * 4,
+            "{label}"
+        );
+
+        // A plan that marks another step's dispatch as the logits step's is refused.
+        let mut header = plan.header.clone();
+        header.gpu.dispatches[0].logits = true;
+        let bad = path.with_extension("marked.plan");
+        let weights = (0..header.weights.len() as u32).map(|i| plan.weight(i));
+        PlanWriter::write(&bad, &header, plan.tokenizer_json(), weights).unwrap();
+        match GpuSession::new(&LoadedPlan::open(&bad).unwrap()) {
+            Ok(_) => panic!("{label}: a wrongly marked dispatch was accepted"),
+            Err(e) => assert!(
+                e.to_string()
+                    .contains("step 0 is marked as computing only the logits"),
+                "{label}: {e}"
+            ),
+        }
     }
 }
 

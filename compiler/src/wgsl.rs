@@ -294,6 +294,7 @@ impl Emitter<'_> {
             bindings,
             groups_x: groups_x as u32,
             tokens_per_group,
+            logits: false,
         });
     }
 
@@ -399,6 +400,7 @@ impl Emitter<'_> {
         let step = &self.h.steps[i];
         let io = |j: usize| &step.inputs[j];
         let groups = |n: u64| n.div_ceil(u64::from(WORKGROUP));
+        let logits = computes_only_logits(self.h, i);
         match step.kernel {
             Kernel::Embed { n } => {
                 let (ty, row_bytes, parts) = self.weight_parts(i, io(0))?;
@@ -445,6 +447,7 @@ impl Emitter<'_> {
                         ("N0", Const::U(n0)),
                         ("NP", Const::U(np)),
                         ("ROW_BYTES", Const::U(row_bytes)),
+                        ("FROM_FIRST_ROW", Const::B(logits)),
                     ];
                     let kern = self.kernel(
                         i,
@@ -556,6 +559,7 @@ impl Emitter<'_> {
                         ("N0", Const::U(n0)),
                         ("NP", Const::U(np)),
                         ("ITEMS", Const::U(items)),
+                        ("FROM_FIRST_ROW", Const::B(logits)),
                     ]);
                     let kern = self.kernel(
                         i,
@@ -800,6 +804,21 @@ pub fn candidates_bytes() -> u64 {
     (2 * u64::from(MAX_TOP_K) + 1) * 4
 }
 
+/// Whether step `i` is a row-wise product whose output is the logits and nothing else: then its
+/// dispatches can start at the first wanted row, or be skipped when no logits are wanted.
+fn computes_only_logits(h: &PlanHeader, i: usize) -> bool {
+    let step = &h.steps[i];
+    i + 1 == h.steps.len()
+        && step.output == h.logits
+        && match step.kernel {
+            Kernel::MatMul { .. } => true,
+            Kernel::FusedMatMul { epilogue, .. } => {
+                matches!(epilogue, Epilogue::Store | Epilogue::Add)
+            }
+            _ => false,
+        }
+}
+
 /// The GPU form of the plan's steps.
 pub fn gpu_section(h: &PlanHeader) -> Result<GpuSection, GpuError> {
     gpu_section_with_max_binding(h, MAX_BINDING_BYTES)
@@ -819,7 +838,13 @@ pub fn gpu_section_with_max_binding(
         dispatches: Vec::new(),
     };
     for i in 0..h.steps.len() {
+        let first = e.dispatches.len();
         e.step(i)?;
+        if computes_only_logits(h, i) {
+            for d in &mut e.dispatches[first..] {
+                d.logits = true;
+            }
+        }
     }
     let consts = [
         ("N_VOCAB", Const::U(h.model.n_vocab.into())),
@@ -842,6 +867,7 @@ pub fn gpu_section_with_max_binding(
         ],
         groups_x: 1,
         tokens_per_group: u32::MAX,
+        logits: false,
     };
     let binding_bytes = e
         .dispatches
@@ -891,12 +917,7 @@ pub fn gpu_section_with_max_binding(
                 .unwrap_or(0),
             offset_alignment: OFFSET_ALIGN,
         },
-        memory_bytes: weights
-            + h.arena.bytes
-            + h.kv.bytes
-            + 16
-            + logits_bytes
-            + candidates_bytes(),
+        memory_bytes: weights + h.arena.bytes + h.kv.bytes + 16 + logits_bytes + candidates_bytes(),
         top_k,
         max_top_k: MAX_TOP_K,
         kernels: e.kernels,

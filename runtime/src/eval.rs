@@ -268,6 +268,12 @@ impl Evaluator for crate::gpu::GpuSession<'_> {
     fn gpu_step_stats(&self) -> Option<crate::gpu::StepStats> {
         Some(self.last_step)
     }
+    fn prefill(&mut self, tokens: &[u32]) -> Result<(), EvalError> {
+        crate::gpu::GpuSession::prefill(self, tokens)
+    }
+    fn eval_last(&mut self, tokens: &[u32]) -> Result<&[f32], EvalError> {
+        crate::gpu::GpuSession::eval_last(self, tokens)
+    }
     fn eval_top(
         &mut self,
         tokens: &[u32],

@@ -242,6 +242,24 @@ impl<'p> GpuSession<'p> {
                 })
             })
             .collect();
+        let logits_step = h.steps.len().checked_sub(1);
+        let computes_logits = |step: u32| {
+            logits_step.is_some_and(|s| s == step as usize && h.steps[s].output == h.logits)
+        };
+        if let Some(d) = gpu
+            .dispatches
+            .iter()
+            .find(|d| d.logits && !computes_logits(d.step))
+        {
+            return Err(GpuError::Runtime {
+                during: "loading",
+                why: format!(
+                    "a dispatch of step {} is marked as computing only the logits, which the last \
+                     step alone does",
+                    d.step
+                ),
+            });
+        }
         let mut bind_groups = Vec::with_capacity(gpu.dispatches.len() + 1);
         for d in gpu.dispatches.iter().chain([&gpu.top_k]) {
             let pipeline = pipelines
@@ -329,8 +347,24 @@ impl<'p> GpuSession<'p> {
 
     /// Evaluates `tokens` after the cached ones; returns one row of logits per token.
     pub fn eval(&mut self, tokens: &[u32]) -> Result<&[f32], EvalError> {
-        let n_vocab = self.plan.header.model.n_vocab as usize;
-        let bytes = self.run(tokens, None)?;
+        let bytes = self.run(tokens, Wanted::AllRows)?;
+        self.read_logits(bytes)
+    }
+
+    /// Evaluates `tokens` and returns the last token's row of logits; the logits step computes
+    /// that row alone.
+    pub fn eval_last(&mut self, tokens: &[u32]) -> Result<&[f32], EvalError> {
+        let bytes = self.run(tokens, Wanted::LastRow)?;
+        self.read_logits(bytes)
+    }
+
+    /// Evaluates `tokens` for the cache only: the logits step is skipped and nothing is read
+    /// back.
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<(), EvalError> {
+        self.run(tokens, Wanted::Nothing).map(|_| ())
+    }
+
+    fn read_logits(&mut self, bytes: u64) -> Result<&[f32], EvalError> {
         let words = bytes as usize / 4;
         let slice = self.readback.slice(..bytes);
         let logits = &mut self.logits[..words];
@@ -338,7 +372,6 @@ impl<'p> GpuSession<'p> {
             logits.copy_from_slice(bytemuck::cast_slice(view))
         })?;
         self.readback.unmap();
-        debug_assert_eq!(words, tokens.len() * n_vocab);
         Ok(&self.logits[..words])
     }
 
@@ -359,7 +392,7 @@ impl<'p> GpuSession<'p> {
             crate::eval::top_logits_into(row, k, out);
             return Ok(crate::eval::log_sum_exp(row));
         }
-        let bytes = self.run(tokens, Some(k as u32))?;
+        let bytes = self.run(tokens, Wanted::TopK(k as u32))?;
         let words = &mut self.candidate_words[..bytes as usize / 4];
         // `run` copied the candidates into the readback buffer.
         let slice = self.readback.slice(..bytes);
@@ -372,9 +405,9 @@ impl<'p> GpuSession<'p> {
         Ok(f64::from(f32::from_bits(words[2 * k])))
     }
 
-    /// Records and submits one step: all dispatches in one pass, then either the logits rows or
-    /// the top-k candidates copied to the readback buffer. Returns the bytes to read back.
-    fn run(&mut self, tokens: &[u32], top_k: Option<u32>) -> Result<u64, EvalError> {
+    /// Records and submits one step: all dispatches in one pass, then what is wanted of the
+    /// logits copied to the readback buffer. Returns the bytes to read back.
+    fn run(&mut self, tokens: &[u32], wanted: Wanted) -> Result<u64, EvalError> {
         let h = &self.plan.header;
         crate::cpu::check_step(h, self.n_past, tokens)?;
         let encode_start = std::time::Instant::now();
@@ -384,7 +417,12 @@ impl<'p> GpuSession<'p> {
         };
         self.queue
             .write_buffer(&self.arena, ids_at, bytemuck::cast_slice(tokens));
-        let params = [n as u32, self.n_past as u32, top_k.unwrap_or(0), 0];
+        let (k, first_row) = match wanted {
+            Wanted::AllRows | Wanted::Nothing => (0, 0),
+            Wanted::LastRow => (0, n as u32 - 1),
+            Wanted::TopK(k) => (k, n as u32 - 1),
+        };
+        let params = [n as u32, self.n_past as u32, k, first_row];
         self.queue
             .write_buffer(&self.params, 0, bytemuck::cast_slice(&params));
         let mut encoder = self
@@ -392,51 +430,73 @@ impl<'p> GpuSession<'p> {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("step"),
             });
+        let mut dispatches = 0;
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("step"),
                 timestamp_writes: None,
             });
             for (d, bg) in h.gpu.dispatches.iter().zip(&self.bind_groups) {
+                let rows = match wanted {
+                    Wanted::Nothing if d.logits => continue,
+                    _ if d.logits => n as u32 - first_row,
+                    _ => n as u32,
+                };
                 pass.set_pipeline(&self.pipelines[d.kernel as usize]);
                 pass.set_bind_group(0, bg, &[]);
-                pass.dispatch_workgroups(d.groups_x, (n as u32).div_ceil(d.tokens_per_group), 1);
+                pass.dispatch_workgroups(d.groups_x, rows.div_ceil(d.tokens_per_group), 1);
+                dispatches += 1;
             }
-            if top_k.is_some() {
+            if let Wanted::TopK(_) = wanted {
                 pass.set_pipeline(&self.pipelines[h.gpu.top_k.kernel as usize]);
                 pass.set_bind_group(0, &self.top_k_bind_group, &[]);
                 pass.dispatch_workgroups(1, 1, 1);
+                dispatches += 1;
             }
         }
-        let bytes = match top_k {
-            Some(k) => {
+        let Buf::Arena {
+            offset: logits_at, ..
+        } = h.logits
+        else {
+            unreachable!("validated")
+        };
+        let row_bytes = u64::from(h.model.n_vocab) * 4;
+        let bytes = match wanted {
+            Wanted::TopK(k) => {
                 let bytes = (2 * u64::from(k) + 1) * 4;
                 encoder.copy_buffer_to_buffer(&self.candidates, 0, &self.readback, 0, bytes);
                 bytes
             }
-            None => {
-                let Buf::Arena {
-                    offset: logits_at, ..
-                } = h.logits
-                else {
-                    unreachable!("validated")
-                };
-                let bytes = (n * h.model.n_vocab as usize * 4) as u64;
-                encoder.copy_buffer_to_buffer(&self.arena, logits_at, &self.readback, 0, bytes);
+            Wanted::AllRows | Wanted::LastRow => {
+                let from = logits_at + u64::from(first_row) * row_bytes;
+                let bytes = (n as u64 - u64::from(first_row)) * row_bytes;
+                encoder.copy_buffer_to_buffer(&self.arena, from, &self.readback, 0, bytes);
                 bytes
             }
+            Wanted::Nothing => 0,
         };
         self.queue.submit([encoder.finish()]);
         self.n_past += n;
         self.last_step = StepStats {
             submits: 1,
             compute_passes: 1,
-            dispatches: h.gpu.dispatches.len() as u32 + u32::from(top_k.is_some()),
+            dispatches,
             bytes_read_back: bytes,
             encode_nanos: encode_start.elapsed().as_nanos() as u64,
         };
         Ok(bytes)
     }
+}
+
+/// What a step must produce of the logits.
+#[derive(Clone, Copy)]
+enum Wanted {
+    AllRows,
+    LastRow,
+    /// The last row's k best candidates and its log-sum-exp.
+    TopK(u32),
+    /// None: the step only fills the cache.
+    Nothing,
 }
 
 /// Maps `slice` for reading, waits for the GPU, and hands the bytes to `copy`.

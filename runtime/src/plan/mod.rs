@@ -64,6 +64,10 @@ pub struct GpuDispatch {
     pub groups_x: u32,
     /// Workgroups along y: ceil(n_tokens / tokens_per_group).
     pub tokens_per_group: u32,
+    /// Part of the last step, which computes only the logits, row-wise, from `Params.first_row`
+    /// on: when the host wants the last row, it covers that row alone; when it wants no logits
+    /// (prefill), it is skipped.
+    pub logits: bool,
 }
 
 /// A storage binding: a byte range of one of the GPU buffers.
