@@ -13,17 +13,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         return;
     }
     let tiles = min(TILE, params.n_tokens - t0);
-    attend_tile(h, t0, tiles, lid);
+    attend(h, t0, tiles, lid);
     for (var j = lid; j < N; j += BLOCK) {
-        var acc: array<f32, TILE>;
+        // The tile's tokens in two quads, as `tile` holds them.
+        var a0 = vec4<f32>(0.0);
+        var a1 = vec4<f32>(0.0);
         for (var d = 0u; d < HEAD_DIM; d++) {
             let w = weight(j, h * HEAD_DIM + d);
-            for (var tt = 0u; tt < tiles; tt++) {
-                acc[tt] += w * rows[tt * HEAD_DIM + d];
-            }
+            a0 += w * tile[2u * d];
+            a1 += w * tile[2u * d + 1u];
         }
         for (var tt = 0u; tt < tiles; tt++) {
-            y[((t0 + tt) * N_HEAD + h) * N + j] = acc[tt];
+            y[((t0 + tt) * N_HEAD + h) * N + j] = select(a0, a1, tt >= 4u)[tt % 4u];
         }
     }
 }

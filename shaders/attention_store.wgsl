@@ -10,9 +10,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         return;
     }
     let tiles = min(TILE, params.n_tokens - t0);
-    attend_tile(h, t0, tiles, lid);
+    attend(h, t0, tiles, lid);
     for (var i = lid; i < tiles * HEAD_DIM; i += BLOCK) {
         let tt = i / HEAD_DIM;
-        y[((t0 + tt) * N_HEAD + h) * HEAD_DIM + i % HEAD_DIM] = rows[i];
+        let d = i % HEAD_DIM;
+        y[((t0 + tt) * N_HEAD + h) * HEAD_DIM + d] = output_at(tt, d);
     }
 }

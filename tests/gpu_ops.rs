@@ -499,29 +499,34 @@ fn attention_with_grouped_heads_windows_and_a_growing_cache() {
     }
 }
 
-/// The GPU attention takes keys in blocks of 64 and tokens in tiles of 8: a 143-token run of
-/// prefill chunks longer than a tile and single-token steps crosses both, with windows that start
-/// inside a tile and inside a block; the per-head projection goes through the same path.
+/// The GPU attention takes keys in blocks of 64 and tokens in tiles of 8, with a path of its own
+/// for a single token: a 1086-token run of prefill chunks (whole and partial tiles) and single
+/// tokens crosses both, with windows that start inside a tile and inside a block, and reaches
+/// contexts where the kernel's loops would exceed lavapipe's limit of 65535 loop iterations per
+/// invocation if they took a dimension or a token at a time (the first version did, and its output
+/// went wrong past about 830 positions). The per-head projection goes through the same path.
 #[test]
 fn attention_across_key_blocks_and_token_tiles() {
     if !gpu_available() {
         return;
     }
-    let ids: Vec<u32> = (0..143u32).map(|i| (i * 37 + 11) % VOCAB).collect();
+    let ids: Vec<u32> = (0..1086u32).map(|i| (i * 37 + 11) % VOCAB).collect();
     let mut steps: Vec<&[u32]> = Vec::new();
     let mut at = 0;
-    for len in [11, 70, 1, 60, 1] {
+    for len in [11, 117, 128, 128, 128, 128, 1, 128, 128, 128, 60, 1] {
         steps.push(&ids[at..at + len]);
         at += len;
     }
-    let ctx = 160;
+    let ctx = 2048;
     for (n_head, n_kv_head, head_dim, window, project) in [
-        (9u32, 3u32, 64u32, None, false),
+        (4u32, 1u32, 256u32, None, false),
+        (4, 1, 256, Some(512), false),
+        (9, 3, 64, None, false),
         (4, 1, 256, Some(70), false),
         (2, 2, 20, Some(5), false),
         (9, 3, 64, Some(100), true),
     ] {
-        let mut b = Builder::with_limits(u64::from(head_dim) + 7, ctx, 72);
+        let mut b = Builder::with_limits(u64::from(head_dim) + 7, ctx, 128);
         let q = b.input(n_head * head_dim);
         let k = b.input(n_kv_head * head_dim);
         let v = b.input(n_kv_head * head_dim);

@@ -21,7 +21,7 @@ const WORKGROUP: u32 = 64;
 /// Tokens each matmul invocation handles (`TILE` in shaders/matmul.wgsl).
 const MATMUL_TILE: u32 = 8;
 /// Tokens each attention workgroup handles (`TILE` in shaders/attention.wgsl): every key and
-/// value row read serves this many queries.
+/// value row read serves this many queries. The kernel holds them as two quads, so it is 8.
 const ATTENTION_TILE: u32 = 8;
 /// Most candidates the GPU top-k kernel returns.
 pub const MAX_TOP_K: u32 = 1024;
@@ -36,6 +36,8 @@ pub enum GpuError {
     },
     #[error("step {step}: no GPU kernel reads {ty} weights")]
     UnsupportedType { step: usize, ty: GgmlType },
+    #[error("step {step}: the GPU attention takes head dimensions four at a time, and {head_dim} is not a multiple of 4")]
+    HeadDim { step: usize, head_dim: u32 },
     #[error("step {step}: the fused product over '{name}' ({bytes} bytes) needs its whole weight in one storage binding (compile with --disable-pass for its fusion)")]
     FusedTooLarge {
         step: usize,
@@ -321,6 +323,14 @@ impl Emitter<'_> {
         }
     }
 
+    fn check_head_dim(&self, step: usize, head_dim: u32) -> Result<(), GpuError> {
+        if head_dim.is_multiple_of(4) {
+            Ok(())
+        } else {
+            Err(GpuError::HeadDim { step, head_dim })
+        }
+    }
+
     /// The K and V regions of layer `layer`'s cache.
     fn kv_bindings(&self, layer: u32) -> (GpuBinding, GpuBinding) {
         let lay = self.h.kv.layers[layer as usize];
@@ -587,6 +597,7 @@ impl Emitter<'_> {
                 window,
                 n,
             } => {
+                self.check_head_dim(i, head_dim)?;
                 let (ty, row_bytes, parts) = self.weight_parts(i, io(1))?;
                 let [(_, _, w_o)] = parts[..] else {
                     return Err(self.too_large_to_fuse(i, io(1)));
@@ -705,6 +716,7 @@ impl Emitter<'_> {
                 window,
                 append,
             } => {
+                self.check_head_dim(i, head_dim)?;
                 let (kc, vc) = self.kv_bindings(layer);
                 if append {
                     let row = u64::from(n_kv_head * head_dim);
