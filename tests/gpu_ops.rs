@@ -187,8 +187,20 @@ impl Builder {
         kv: KvLayout,
         max_binding: u64,
     ) -> std::path::PathBuf {
+        let mut header = self.header(output, n_out, kv);
+        header.gpu = llamac::wgsl::gpu_section_with_max_binding(&header, max_binding).unwrap();
+        let path = llama_e2e::scratch_dir().join(format!(
+            "op-{}.plan",
+            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        PlanWriter::write(&path, &header, b"null", self.data.iter().map(Vec::as_slice)).unwrap();
+        path
+    }
+
+    /// The plan's header, without its GPU section.
+    fn header(&self, output: Buf, n_out: u32, kv: KvLayout) -> PlanHeader {
         let ctx = self.ctx;
-        let mut header = PlanHeader {
+        PlanHeader {
             format_version: FORMAT_VERSION,
             compiler_version: "test".into(),
             model: ModelInfo {
@@ -212,17 +224,10 @@ impl Builder {
                 row_bytes: 32,
             },
             logits: output,
-            steps: self.steps,
-            weights: self.weights,
+            steps: self.steps.clone(),
+            weights: self.weights.clone(),
             gpu: Default::default(),
-        };
-        header.gpu = llamac::wgsl::gpu_section_with_max_binding(&header, max_binding).unwrap();
-        let path = llama_e2e::scratch_dir().join(format!(
-            "op-{}.plan",
-            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        PlanWriter::write(&path, &header, b"null", self.data.iter().map(Vec::as_slice)).unwrap();
-        path
+        }
     }
 }
 
@@ -672,6 +677,38 @@ fn the_logits_step_computes_only_the_wanted_rows() {
             ),
         }
     }
+}
+
+/// The attention kernel reads head dimensions four at a time: another head size is refused when
+/// the plan is compiled, by name. (No GPU needed.)
+#[test]
+fn attention_heads_of_odd_size_are_refused_at_compile_time() {
+    let mut b = Builder::new(1);
+    let q = b.input(2 * 6);
+    let k = b.input(6);
+    let v = b.input(6);
+    let kernel = Kernel::Attention {
+        layer: 0,
+        n_head: 2,
+        n_kv_head: 1,
+        head_dim: 6,
+        scale: 0.5,
+        window: None,
+        append: true,
+    };
+    let y = b.op(kernel, vec![q, k, v], 2 * 6);
+    let kv = KvLayout {
+        bytes: 2 * 256,
+        layers: vec![KvLayer {
+            k_offset: 0,
+            v_offset: 256,
+            n_kv_head: 1,
+            head_dim: 6,
+        }],
+    };
+    let header = b.header(y, 2 * 6, kv);
+    let err = llamac::wgsl::gpu_section(&header).unwrap_err().to_string();
+    assert!(err.contains("6 is not a multiple of 4"), "{err}");
 }
 
 fn no_kv() -> KvLayout {
