@@ -477,16 +477,7 @@ fn attention_with_grouped_heads_windows_and_a_growing_cache() {
         let q = b.input(n_head * head_dim);
         let k = b.input(n_kv_head * head_dim);
         let v = b.input(n_kv_head * head_dim);
-        let region = (16 * n_kv_head * head_dim * 4).div_ceil(256) as u64 * 256;
-        let kv = KvLayout {
-            bytes: 2 * region,
-            layers: vec![KvLayer {
-                k_offset: 0,
-                v_offset: region,
-                n_kv_head,
-                head_dim,
-            }],
-        };
+        let kv = one_layer_kv(16, n_kv_head, head_dim);
         let kernel = Kernel::Attention {
             layer: 0,
             n_head,
@@ -535,16 +526,7 @@ fn attention_across_key_blocks_and_token_tiles() {
         let q = b.input(n_head * head_dim);
         let k = b.input(n_kv_head * head_dim);
         let v = b.input(n_kv_head * head_dim);
-        let region = (u64::from(ctx * n_kv_head * head_dim) * 4).div_ceil(256) * 256;
-        let kv = KvLayout {
-            bytes: 2 * region,
-            layers: vec![KvLayer {
-                k_offset: 0,
-                v_offset: region,
-                n_kv_head,
-                head_dim,
-            }],
-        };
+        let kv = one_layer_kv(ctx, n_kv_head, head_dim);
         let attention = |append| Kernel::Attention {
             layer: 0,
             n_head,
@@ -697,18 +679,23 @@ fn attention_heads_of_odd_size_are_refused_at_compile_time() {
         append: true,
     };
     let y = b.op(kernel, vec![q, k, v], 2 * 6);
-    let kv = KvLayout {
-        bytes: 2 * 256,
-        layers: vec![KvLayer {
-            k_offset: 0,
-            v_offset: 256,
-            n_kv_head: 1,
-            head_dim: 6,
-        }],
-    };
-    let header = b.header(y, 2 * 6, kv);
+    let header = b.header(y, 2 * 6, one_layer_kv(16, 1, 6));
     let err = llamac::wgsl::gpu_section(&header).unwrap_err().to_string();
     assert!(err.contains("6 is not a multiple of 4"), "{err}");
+}
+
+/// A KV cache of one layer and `ctx` positions.
+fn one_layer_kv(ctx: u32, n_kv_head: u32, head_dim: u32) -> KvLayout {
+    let region = (u64::from(ctx * n_kv_head * head_dim) * 4).div_ceil(256) * 256;
+    KvLayout {
+        bytes: 2 * region,
+        layers: vec![KvLayer {
+            k_offset: 0,
+            v_offset: region,
+            n_kv_head,
+            head_dim,
+        }],
+    }
 }
 
 fn no_kv() -> KvLayout {
@@ -800,16 +787,7 @@ fn fused_products_with_every_prologue_and_epilogue() {
                 if bias {
                     ins.push(b.weight(GgmlType::F32, &[n.into()]));
                 }
-                let region = (16 * n_kv_head * head_dim * 4).div_ceil(256) as u64 * 256;
-                let kv = KvLayout {
-                    bytes: 2 * region,
-                    layers: vec![KvLayer {
-                        k_offset: 0,
-                        v_offset: region,
-                        n_kv_head,
-                        head_dim,
-                    }],
-                };
+                let kv = one_layer_kv(16, n_kv_head, head_dim);
                 let qkv = Kernel::FusedMatMul {
                     k,
                     n,
