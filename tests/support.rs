@@ -34,11 +34,41 @@ pub fn golden(id: &str) -> Value {
     serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
 }
 
-/// A directory for this test process's files.
+const SCRATCH_PREFIX: &str = "llama-e2e-";
+
+/// A directory for this test process's files. The first call also removes those of earlier test
+/// processes that have exited: their plans take hundreds of MB, and the test harness has no
+/// teardown in which a process could remove its own.
 pub fn scratch_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("llama-e2e-{}", std::process::id()));
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| remove_exited_scratch_dirs(&std::env::temp_dir()));
+    let dir = std::env::temp_dir().join(format!("{SCRATCH_PREFIX}{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Removes the scratch directories in `parent` whose process is gone. Whether a process is alive
+/// is read from /proc; where there is none, nothing is removed.
+pub fn remove_exited_scratch_dirs(parent: &Path) {
+    let proc = Path::new("/proc");
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    if !proc.join("self").exists() {
+        return;
+    }
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SCRATCH_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !proc.join(pid.to_string()).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
 }
 
 static BUILD: Mutex<()> = Mutex::new(());
@@ -387,4 +417,35 @@ pub fn gpu_available() -> bool {
     assert!(std::env::var_os("CI").is_none(), "{msg}");
     eprintln!("\n*** {msg}: skipped ***\n");
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_dirs_of_exited_processes_are_removed_and_live_ones_kept() {
+        let parent = std::env::temp_dir().join(format!("scratch-sweep-{}", std::process::id()));
+        // Above the largest Linux pid (2^22), so no process has it.
+        let exited = parent.join(format!("{SCRATCH_PREFIX}{}", 1u32 << 23));
+        let live = parent.join(format!("{SCRATCH_PREFIX}{}", std::process::id()));
+        let other = parent.join("unrelated-7");
+        for dir in [&exited, &live, &other] {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join("f.plan"), b"x").unwrap();
+        }
+        remove_exited_scratch_dirs(&parent);
+        if Path::new("/proc/self").exists() {
+            assert!(
+                !exited.exists(),
+                "the exited process's directory is still there"
+            );
+        }
+        assert!(
+            live.join("f.plan").exists(),
+            "a live process's directory was removed"
+        );
+        assert!(other.exists(), "a directory of another name was removed");
+        std::fs::remove_dir_all(&parent).unwrap();
+    }
 }
