@@ -1,7 +1,8 @@
 // y[t][N0 + j] = sum_i W[j][i] x[t][i] for the NP rows of W bound as `wq` (W is split across
 // bindings when it is larger than one binding may be). Constants: K, N (row length of y), N0, NP,
-// ROW_BYTES, FROM_FIRST_ROW (start at params.first_row: the logits step). Activations stay f32: each invocation owns one row of W and TILE tokens, so every
-// weight is decoded once per TILE tokens.
+// ROW_BYTES, FROM_FIRST_ROW (start at params.first_row: the logits step). Activations stay f32:
+// each invocation owns one row of W and TILE tokens, so every weight is decoded once per TILE
+// tokens.
 const TILE: u32 = 8u;
 
 @group(0) @binding(1) var<storage, read> wq: array<u32>;

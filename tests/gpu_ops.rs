@@ -478,15 +478,7 @@ fn attention_with_grouped_heads_windows_and_a_growing_cache() {
         let k = b.input(n_kv_head * head_dim);
         let v = b.input(n_kv_head * head_dim);
         let kv = one_layer_kv(16, n_kv_head, head_dim);
-        let kernel = Kernel::Attention {
-            layer: 0,
-            n_head,
-            n_kv_head,
-            head_dim,
-            scale: 1.0 / (head_dim as f32).sqrt(),
-            window,
-            append: true,
-        };
+        let kernel = attention(n_head, n_kv_head, head_dim, window, true);
         let out = b.op(kernel, vec![q, k, v], n_head * head_dim);
         compare(
             &format!("attention {n_head}/{n_kv_head}x{head_dim} window {window:?}"),
@@ -527,20 +519,12 @@ fn attention_across_key_blocks_and_token_tiles() {
         let k = b.input(n_kv_head * head_dim);
         let v = b.input(n_kv_head * head_dim);
         let kv = one_layer_kv(ctx, n_kv_head, head_dim);
-        let attention = |append| Kernel::Attention {
-            layer: 0,
-            n_head,
-            n_kv_head,
-            head_dim,
-            scale: 1.0 / (head_dim as f32).sqrt(),
-            window,
-            append,
-        };
+        let kernel = |append| attention(n_head, n_kv_head, head_dim, window, append);
         let width = n_head * head_dim;
         let (out, n_out) = if project {
             // The first attention stores the keys and values the projected one reads; the parts
             // are summed into a product's input, as fuse_attention_output arranges.
-            b.op(attention(true), vec![q, k, v], width);
+            b.op(kernel(true), vec![q, k, v], width);
             let n = 48;
             let w_o = b.weight(GgmlType::Q8_0, &[width.into(), n.into()]);
             let project = Kernel::AttentionProject {
@@ -567,7 +551,7 @@ fn attention_across_key_blocks_and_token_tiles() {
             };
             (b.op(sum, vec![x, w, parts], 24), 24)
         } else {
-            (b.op(attention(true), vec![q, k, v], width), width)
+            (b.op(kernel(true), vec![q, k, v], width), width)
         };
         compare_steps(
             &format!(
@@ -669,19 +653,31 @@ fn attention_heads_of_odd_size_are_refused_at_compile_time() {
     let q = b.input(2 * 6);
     let k = b.input(6);
     let v = b.input(6);
-    let kernel = Kernel::Attention {
-        layer: 0,
-        n_head: 2,
-        n_kv_head: 1,
-        head_dim: 6,
-        scale: 0.5,
-        window: None,
-        append: true,
-    };
+    let kernel = attention(2, 1, 6, None, true);
     let y = b.op(kernel, vec![q, k, v], 2 * 6);
     let header = b.header(y, 2 * 6, one_layer_kv(16, 1, 6));
     let err = llamac::wgsl::gpu_section(&header).unwrap_err().to_string();
     assert!(err.contains("6 is not a multiple of 4"), "{err}");
+}
+
+/// Layer 0's attention, scaled by 1 / sqrt(head_dim); with `append`, it stores its k and v
+/// operands in the cache first.
+fn attention(
+    n_head: u32,
+    n_kv_head: u32,
+    head_dim: u32,
+    window: Option<u32>,
+    append: bool,
+) -> Kernel {
+    Kernel::Attention {
+        layer: 0,
+        n_head,
+        n_kv_head,
+        head_dim,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+        window,
+        append,
+    }
 }
 
 /// A KV cache of one layer and `ctx` positions.

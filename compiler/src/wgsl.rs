@@ -168,11 +168,9 @@ fn fused_module(
     let parts_in_input = partials == Some(PartialsInto::Input);
     if norm || parts_in_input {
         src.push_str(if parts_in_input {
-            "fn input_at(t: u32, i: u32) -> f32 {\n    var v = x[t * K + i];\n    \
-             for (var h = 0u; h < PARTS; h++) {\n        v += parts[(t * PARTS + h) * K + i];\n    \
-             }\n    return v;\n}\n"
+            include_str!("../../shaders/fused/input_at_x_parts.wgsl")
         } else {
-            "fn input_at(t: u32, i: u32) -> f32 {\n    return x[t * K + i];\n}\n"
+            include_str!("../../shaders/fused/input_at_x.wgsl")
         });
         src.push_str(include_str!("../../shaders/fused/input_staged.wgsl"));
     } else {
@@ -411,6 +409,7 @@ impl Emitter<'_> {
         let io = |j: usize| &step.inputs[j];
         let groups = |n: u64| n.div_ceil(u64::from(WORKGROUP));
         let logits = computes_only_logits(self.h, i);
+        let first_dispatch = self.dispatches.len();
         match step.kernel {
             Kernel::Embed { n } => {
                 let (ty, row_bytes, parts) = self.weight_parts(i, io(0))?;
@@ -755,6 +754,11 @@ impl Emitter<'_> {
                 );
             }
         }
+        if logits {
+            for d in &mut self.dispatches[first_dispatch..] {
+                d.logits = true;
+            }
+        }
         Ok(())
     }
 }
@@ -850,13 +854,7 @@ pub fn gpu_section_with_max_binding(
         dispatches: Vec::new(),
     };
     for i in 0..h.steps.len() {
-        let first = e.dispatches.len();
         e.step(i)?;
-        if computes_only_logits(h, i) {
-            for d in &mut e.dispatches[first..] {
-                d.logits = true;
-            }
-        }
     }
     let consts = [
         ("N_VOCAB", Const::U(h.model.n_vocab.into())),

@@ -1,5 +1,5 @@
 // The product reads its input from workgroup memory (STAGED = TILE * K values), loaded once per
-// workgroup through `input_at` (x, or x plus the heads' parts, as the compiler declares it), so
+// workgroup through `input_at` (fused/input_at_x.wgsl, or input_at_x_parts.wgsl), so
 // prologues can work on it in place and the inner loop reads no storage but the weights.
 var<workgroup> staged: array<f32, STAGED>;
 

@@ -2,9 +2,8 @@
 // `prologue` (fused/prologue_*.wgsl, which provides `x_at`) prepare the inputs of the workgroup's
 // TILE tokens, and `epilogue` (fused/epilogue_*.wgsl) computes and stores work item `item` with
 // `dot_row`. Constants: K, TILE, ITEMS (work items), ROW_BYTES, FROM_FIRST_ROW (start at
-// params.first_row: the logits step) and the parts'; the bindings are
-// declared by the compiler. One invocation per work item and TILE tokens, so every weight is
-// decoded once per TILE tokens.
+// params.first_row: the logits step) and the parts'; the bindings are declared by the compiler.
+// One invocation per work item and TILE tokens, so every weight is decoded once per TILE tokens.
 
 // y[t0 + tt] . row r of W for the tile's tokens.
 fn dot_row(r: u32, t0: u32, tiles: u32) -> array<f32, TILE> {

@@ -1,0 +1,9 @@
+// The staged input of token t, column i: x plus PARTS per-head parts (`parts`, rows of PARTS * K
+// values, from an attention_project dispatch), added in part order.
+fn input_at(t: u32, i: u32) -> f32 {
+    var v = x[t * K + i];
+    for (var h = 0u; h < PARTS; h++) {
+        v += parts[(t * PARTS + h) * K + i];
+    }
+    return v;
+}
