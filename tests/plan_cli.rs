@@ -125,8 +125,8 @@ fn inspect_prints_the_readable_header() {
     let (code, stdout, stderr) = llamart(&["inspect", plan.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
     for needle in [
-        "format_version: 4",
-        "activations: Q8",
+        "format_version: 5",
+        "activations: Auto",
         "architecture: \"llama\"",
         "steps: [",
         "FusedMatMul(",

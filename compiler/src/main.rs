@@ -43,11 +43,13 @@ enum Command {
         /// Language through naga, with `[[buffer(n)]]` slots) into DIR.
         #[arg(long, num_args = 1..=2, value_names = ["KIND", "DIR"])]
         emit: Vec<String>,
-        /// How matrix products take their activations: `q8` rounds them to 8-bit blocks for
-        /// Q4_0/Q4_1/Q5_1/Q8_0 weights and uses integer dot products on the CPU, as llama.cpp
-        /// does (fast); `f32` keeps them in f32 everywhere, so the CPU and the GPU compute the same
-        /// function (the GPU path always multiplies f32).
-        #[arg(long, default_value = "q8", value_parser = ["q8", "f32"])]
+        /// How matrix products take their activations on the CPU (the GPU always multiplies
+        /// f32): `auto` rounds them to 8 bits for Q4_0/Q4_1/Q5_1/Q8_0 weights, as llama.cpp does,
+        /// and adds the rounding residual as a second 8-bit term for Q5_0 and the K-quants, all
+        /// with integer dot products; `q8` takes one 8-bit term for every type (llama.cpp's
+        /// arithmetic: fastest, with its rounding noise); `q8x2` two for every type; `f32` keeps
+        /// them in f32, so the CPU and the GPU compute the same function.
+        #[arg(long, default_value = "auto", value_parser = llamart::plan::Activations::NAMES)]
         activations: String,
         /// Memory bandwidth in GB/s: the report then gives the decode roofline, tokens/s.
         #[arg(long, value_name = "GBPS")]

@@ -67,8 +67,8 @@ fn tiles(c: &mut Criterion) {
                 let x = activations(k * n_tokens);
                 let mut y = vec![0.0f32; n * n_tokens];
                 for kernels in levels() {
-                    let mut acts = QuantActs::new(k, n_tokens, [ty]);
-                    let view = acts.quantize(kernels.level, format, &x, k);
+                    let mut acts = QuantActs::new(k, n_tokens, [(ty, 1)]);
+                    let view = acts.quantize(kernels.level, format, 1, &x, k);
                     let tile = kernels.tile(ty).unwrap();
                     group.bench_function(
                         BenchmarkId::from_parameter(format!("{:?}", kernels.level)),
@@ -108,10 +108,10 @@ fn quantize(c: &mut Criterion) {
         for n_tokens in [1, 64] {
             let x = activations(576 * n_tokens);
             group.throughput(Throughput::Elements(x.len() as u64));
-            let mut acts = QuantActs::new(576, n_tokens, [ty]);
+            let mut acts = QuantActs::new(576, n_tokens, [(ty, 1)]);
             let level = Kernels::best().level;
             group.bench_function(format!("{format:?}/576/T{n_tokens}"), |b| {
-                b.iter(|| acts.quantize(level, format, black_box(&x), 576).nb)
+                b.iter(|| acts.quantize(level, format, 1, black_box(&x), 576).nb)
             });
         }
     }

@@ -62,9 +62,13 @@ const CHUNKS_PER_THREAD: usize = 8;
 const MIN_CHUNK_ROWS: usize = 16;
 /// Tokens from which the activations are quantized by all threads rather than by the caller.
 const PARALLEL_QUANTIZE_TOKENS: usize = 8;
+/// Rows a two-term product computes at a time into a worker's scratch, both terms in one pass
+/// over the weights, before adding them into the output: few enough that the scratch stays in
+/// the core's cache.
+const TWO_TERM_ROWS: usize = 64;
 
-/// An f32 weight row per worker, for the types multiplied in f32; worker `i` only touches row
-/// `i`.
+/// An f32 buffer per worker (a weight row for the types multiplied in f32, or a two-term
+/// product's partial results); worker `i` only touches buffer `i`.
 struct RowBuf(UnsafeCell<Vec<f32>>);
 
 // SAFETY: each buffer is used by one worker at a time (the one whose index it has).
@@ -84,17 +88,21 @@ impl OutPtr {
     }
 }
 
-/// The kernel and activation format of weights of type `ty`, where they have a quantized
-/// product and the plan quantizes activations.
+/// The kernel, activation format and number of 8-bit terms of weights of type `ty`, where they
+/// have a quantized product and the plan quantizes their activations.
 fn quantized(
     kernels: &Kernels,
     activations: Activations,
     ty: GgmlType,
-) -> Option<(TileFn, ActFormat)> {
-    if activations != Activations::Q8 {
-        return None;
-    }
-    Some((kernels.tile(ty)?, ActFormat::for_weight(ty)?))
+) -> Option<(TileFn, ActFormat, u8)> {
+    let terms = activations.terms(ty)?;
+    Some((kernels.tile(ty)?, ActFormat::vec_dot_type(ty)?, terms))
+}
+
+fn workers_buffers(threads: usize, len: usize) -> Vec<RowBuf> {
+    (0..threads)
+        .map(|_| RowBuf(UnsafeCell::new(vec![0.0; len])))
+        .collect()
 }
 
 /// Everything a matrix product needs besides its operands, allocated once per session: the
@@ -106,6 +114,9 @@ pub struct MatMul {
     pool: pool::Pool,
     acts: QuantActs,
     rows: Vec<RowBuf>,
+    /// Per worker, [`TWO_TERM_ROWS`] rows of both terms of every token.
+    two_term: Vec<RowBuf>,
+    max_tokens: usize,
     /// By the weight ids of [`MatMul::prepare`].
     packed: Vec<Option<Packed>>,
 }
@@ -141,27 +152,31 @@ impl MatMul {
         activations: Activations,
     ) -> std::io::Result<Self> {
         let pool = pool::Pool::new(threads)?;
-        let quantized_types = weight_types
-            .iter()
-            .copied()
-            .filter(|&ty| quantized(&kernels, activations, ty).is_some());
+        let terms = |ty| quantized(&kernels, activations, ty).map(|q| q.2);
         let needs_row = weight_types
             .iter()
-            .any(|&ty| ty != GgmlType::F32 && quantized(&kernels, activations, ty).is_none());
-        let rows = (0..pool.threads())
-            .map(|_| {
-                RowBuf(UnsafeCell::new(vec![
-                    0.0;
-                    if needs_row { max_k } else { 0 }
-                ]))
-            })
-            .collect();
+            .any(|&ty| ty != GgmlType::F32 && terms(ty).is_none());
+        let two_terms = weight_types.iter().any(|&ty| terms(ty) == Some(2));
+        let acts = QuantActs::new(
+            max_k,
+            max_tokens,
+            weight_types.iter().filter_map(|&ty| Some((ty, terms(ty)?))),
+        );
         Ok(MatMul {
             kernels,
             activations,
+            acts,
+            rows: workers_buffers(pool.threads(), if needs_row { max_k } else { 0 }),
+            two_term: workers_buffers(
+                pool.threads(),
+                if two_terms {
+                    TWO_TERM_ROWS * 2 * max_tokens
+                } else {
+                    0
+                },
+            ),
+            max_tokens,
             pool,
-            acts: QuantActs::new(max_k, max_tokens, quantized_types),
-            rows,
             packed: Vec::new(),
         })
     }
@@ -259,8 +274,8 @@ impl MatMul {
             (r0 < n).then(|| r0..(r0 + chunk).min(n))
         };
 
-        if let Some((tile, format)) = quantized(&self.kernels, self.activations, ty) {
-            let acts = self.acts.raw(format, k, n_tokens);
+        if let Some((tile, format, terms)) = quantized(&self.kernels, self.activations, ty) {
+            let acts = self.acts.raw(format, terms, k, n_tokens);
             let level = self.kernels.level;
             if n_tokens >= PARALLEL_QUANTIZE_TOKENS {
                 let next_token = AtomicUsize::new(0);
@@ -279,27 +294,62 @@ impl MatMul {
             let view = acts.view;
             let packed = self.packed.get(id).and_then(Option::as_ref);
             let packed = packed.and_then(|p| Some((p, self.kernels.packed(ty)?)));
-            self.pool.run(&|_| {
-                while let Some(r) = rows() {
-                    let mut start = r.start;
-                    // SAFETY: the view was filled for this k and format; the rows exist in w (and
-                    // their whole groups in the packed copy, made from w for this type), and the
-                    // kernels write only their columns of y, which no other chunk has.
-                    unsafe {
-                        if let Some((packed, kernel)) = packed {
-                            let groups = start / PACK_ROWS..(r.end / PACK_ROWS).min(packed.groups);
-                            if !groups.is_empty() {
-                                kernel(packed.groups(groups.clone()), &view, out.at(start), n);
-                                start = groups.end * PACK_ROWS;
-                            }
-                        }
-                        if start < r.end {
-                            let w = &w[start * row_bytes..r.end * row_bytes];
-                            tile(w, row_bytes, &view, out.at(start), n);
+            // Rows `rows` of every row of the view into `y`, row `r` and view row `t` at
+            // `y[t * stride + r - rows.start]`.
+            let product = |rows: std::ops::Range<usize>, y: *mut f32, stride: usize| {
+                let mut start = rows.start;
+                // SAFETY: the view was filled for this k and format; the rows exist in w (and
+                // their whole groups in the packed copy, made from w for this type), and the
+                // caller gives `y` room for them.
+                unsafe {
+                    if let Some((packed, kernel)) = packed {
+                        let groups = start / PACK_ROWS..(rows.end / PACK_ROWS).min(packed.groups);
+                        if !groups.is_empty() {
+                            kernel(packed.groups(groups.clone()), &view, y, stride);
+                            start = groups.end * PACK_ROWS;
                         }
                     }
+                    if start < rows.end {
+                        let w = &w[start * row_bytes..rows.end * row_bytes];
+                        tile(w, row_bytes, &view, y.add(start - rows.start), stride);
+                    }
                 }
-            });
+            };
+            if terms == 1 {
+                // The kernels write only their columns of y, which no other chunk has.
+                self.pool.run(&|_| {
+                    while let Some(r) = rows() {
+                        product(r.clone(), out.at(r.start), n);
+                    }
+                });
+            } else {
+                let scratch = &self.two_term;
+                let stride = TWO_TERM_ROWS;
+                assert!(
+                    n_tokens <= self.max_tokens,
+                    "more tokens than the buffers hold"
+                );
+                self.pool.run(&|worker| {
+                    // SAFETY: buffer `worker` belongs to this thread for the duration of the job.
+                    let buf = unsafe { &mut *scratch[worker].0.get() };
+                    while let Some(r) = rows() {
+                        for lo in r.clone().step_by(TWO_TERM_ROWS) {
+                            let part = lo..(lo + TWO_TERM_ROWS).min(r.end);
+                            product(part.clone(), buf.as_mut_ptr(), stride);
+                            let (value, residual) = buf.split_at(n_tokens * stride);
+                            for t in 0..n_tokens {
+                                let at = t * stride;
+                                for (i, j) in part.clone().enumerate() {
+                                    // SAFETY: element (t, j) belongs to the chunk holding row j.
+                                    unsafe {
+                                        *out.at(t * n + j) = value[at + i] + residual[at + i]
+                                    };
+                                }
+                            }
+                        }
+                    }
+                });
+            }
         } else {
             let row_bufs = &self.rows;
             self.pool.run(&|worker| {
@@ -402,13 +452,15 @@ mod tests {
                     bytes
                 };
                 let x = random_activations(&mut rng, n_tokens * k);
-                // Alternate the plan's activation choice so both paths of every type run.
-                let activations = if (i + level as usize).is_multiple_of(2) {
-                    Activations::Q8
-                } else {
-                    Activations::F32
-                };
-                let rounded = activations == Activations::Q8 && ActFormat::for_weight(ty).is_some();
+                // Cycle through the plan's activation choices so every path of every type runs.
+                let choices = [
+                    Activations::Auto,
+                    Activations::Q8,
+                    Activations::Q8x2,
+                    Activations::F32,
+                ];
+                let activations = choices[(i + level as usize) % choices.len()];
+                let terms = kernels.tile(ty).and(activations.terms(ty));
                 let mut mm =
                     MatMul::with_kernels(kernels, 3, k, n_tokens, &[ty], activations).unwrap();
                 let mut y = vec![f32::NAN; n * n_tokens];
@@ -445,14 +497,15 @@ mod tests {
                             .map(|(&a, &b)| f64::from(a * b).abs())
                             .sum();
                         // Activations quantized to 8 bits: at most half a step of 1/127 of the
-                        // block's largest value (2) per value.
-                        let tol = if rounded {
-                            wf.iter().map(|w| f64::from(w.abs())).sum::<f64>() * 2.0 / 127.0 / 2.0
-                                * 1.01
-                                + 1e-5 * magnitude
-                        } else {
-                            1e-5 * magnitude + 1e-6
-                        };
+                        // block's largest value (2) per value; with the residual as a second
+                        // term, under half a step of 1/254 of that.
+                        let sum_w = wf.iter().map(|w| f64::from(w.abs())).sum::<f64>();
+                        let tol = 1e-5 * magnitude
+                            + match terms {
+                                None => 1e-6,
+                                Some(1) => sum_w * 2.0 / 127.0 / 2.0 * 1.01,
+                                Some(_) => sum_w * 2.0 / 127.0 / 254.0 * 1.2,
+                            };
                         let got = f64::from(y[t * n + j]);
                         assert!(
                             (got - exact).abs() <= tol,

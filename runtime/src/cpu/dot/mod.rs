@@ -80,35 +80,7 @@ pub enum ActFormat {
     Q8K,
 }
 
-/// Weight types whose products quantize the activations (to [`ActFormat::vec_dot_type`]) in a plan
-/// compiled with [`crate::plan::Activations::Q8`]; the others are multiplied with f32 activations.
-/// The GPU path always multiplies f32.
-///
-/// Quantizing activations as llama.cpp does gives errors of llama.cpp's size, but the golden
-/// tests bound ours by 1.5 times llama.cpp's own on every case, and a different realization of
-/// the same rounding noise does not always fit: on the reference models, Q5_0 (gemma3: one case's
-/// worst position at 2.6 times llama.cpp's) and the K-quants with their 256-value Q8_K blocks
-/// (qwen2.5: 7 times on one case) fall outside, while Q4_1 and Q8_0 stay inside on all three
-/// models; Q4_0 and Q5_1, which none of them uses, follow Q4_1. The kernels of the other types
-/// are kept, tested and benchmarked, for when activations get a finer format than ggml's (e.g.
-/// 32-value scales for the K-quants).
-pub const QUANTIZED_ACTIVATIONS: &[GgmlType] = &[
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-];
-
 impl ActFormat {
-    /// How the interpreter gives activations to products with weights of type `ty`: `None` for
-    /// f32, else quantized to `ty`'s [`ActFormat::vec_dot_type`] (see [`QUANTIZED_ACTIVATIONS`]).
-    pub fn for_weight(ty: GgmlType) -> Option<ActFormat> {
-        QUANTIZED_ACTIVATIONS
-            .contains(&ty)
-            .then(|| Self::vec_dot_type(ty))
-            .flatten()
-    }
-
     /// ggml's `vec_dot_type` of `ty`, the format its quantized kernel reads; `None` for the types
     /// without one.
     pub fn vec_dot_type(ty: GgmlType) -> Option<ActFormat> {
@@ -262,57 +234,67 @@ pub struct QuantActs {
 }
 
 impl QuantActs {
-    /// Room for `max_tokens` rows of up to `max_k` values in each format that `weight_types`
-    /// need.
+    /// Room for `max_tokens` rows of up to `max_k` values in each format that the weight types
+    /// need, with the number of terms each takes (see [`crate::plan::Activations::terms`]).
     pub fn new(
         max_k: usize,
         max_tokens: usize,
-        weight_types: impl IntoIterator<Item = GgmlType>,
+        weight_terms: impl IntoIterator<Item = (GgmlType, u8)>,
     ) -> Self {
-        let mut acts = QuantActs::default();
-        let n = max_k * max_tokens;
-        for ty in weight_types {
+        // Values per format: the most any type reading it needs.
+        let (mut q8_0, mut q8_1, mut q8_k) = (0, 0, 0);
+        for (ty, terms) in weight_terms {
+            let n = max_k * max_tokens * usize::from(terms);
             match ActFormat::vec_dot_type(ty) {
-                Some(ActFormat::Q8_0) if acts.q8_0.is_empty() => {
-                    acts.q8_0 = vec![BlockQ8_0::default(); n / QK]
-                }
-                Some(ActFormat::Q8_1) if acts.q8_1.is_empty() => {
-                    acts.q8_1 = vec![BlockQ8_1::default(); n / QK]
-                }
-                Some(ActFormat::Q8K) if acts.q8_k.is_empty() => {
-                    acts.q8_k = vec![BlockQ8K::default(); n / QK_K]
-                }
-                _ => {}
+                Some(ActFormat::Q8_0) => q8_0 = n.max(q8_0),
+                Some(ActFormat::Q8_1) => q8_1 = n.max(q8_1),
+                Some(ActFormat::Q8K) => q8_k = n.max(q8_k),
+                None => {}
             }
         }
-        if !acts.q8_0.is_empty() || !acts.q8_1.is_empty() {
-            acts.d = vec![0.0; n / QK];
-            acts.s = vec![0.0; n / QK];
+        let side = q8_0.max(q8_1) / QK;
+        QuantActs {
+            q8_0: vec![BlockQ8_0::default(); q8_0 / QK],
+            q8_1: vec![BlockQ8_1::default(); q8_1 / QK],
+            q8_k: vec![BlockQ8K::default(); q8_k / QK_K],
+            d: vec![0.0; side],
+            s: vec![0.0; side],
         }
-        acts
     }
 
-    /// Quantizes all rows of `x` (`k` values each) to `format`, for kernels to read through the
-    /// returned view. ([`QuantActs::raw`] lets several threads quantize the rows of one call.)
-    pub fn quantize(&mut self, level: Level, format: ActFormat, x: &[f32], k: usize) -> ActView {
+    /// Quantizes all rows of `x` (`k` values each) to `format` in `terms` terms, for kernels to
+    /// read through the returned view. ([`QuantActs::raw`] lets several threads quantize the
+    /// rows of one call.)
+    pub fn quantize(
+        &mut self,
+        level: Level,
+        format: ActFormat,
+        terms: u8,
+        x: &[f32],
+        k: usize,
+    ) -> ActView {
         let n_tokens = x.len() / k;
-        let raw = self.raw(format, k, n_tokens);
+        let raw = self.raw(format, terms, k, n_tokens);
         // SAFETY: `raw` covers n_tokens rows, and nothing else refers to the buffers.
         unsafe { raw.quantize_rows(level, x, 0..n_tokens) };
         raw.view
     }
 
-    /// A view of the buffers for `n_tokens` rows of `k` values in `format`, through which rows can
-    /// be quantized from several threads.
+    /// A view of the buffers for `n_tokens` rows of `k` values in `format`, each in `terms`
+    /// terms (1 or 2), through which rows can be quantized from several threads. With two terms
+    /// the view has `2 * n_tokens` rows: row `n_tokens + t` holds the residual of row `t`.
     ///
     /// # Panics
-    /// If the buffers were not sized for that many values in that format.
-    pub fn raw(&mut self, format: ActFormat, k: usize, n_tokens: usize) -> RawActs {
+    /// If the buffers were not sized for that many values in that format, or `terms` is not 1
+    /// or 2.
+    pub fn raw(&mut self, format: ActFormat, terms: u8, k: usize, n_tokens: usize) -> RawActs {
+        assert!(matches!(terms, 1 | 2), "{terms} activation terms");
         let nb = k / format.block_len();
         assert!(
             k.is_multiple_of(format.block_len()),
             "{k} values are not whole {format:?} blocks"
         );
+        let rows = n_tokens * usize::from(terms);
         let (blocks, row_bytes, have) = match format {
             ActFormat::Q8_0 => (
                 self.q8_0.as_mut_ptr().cast::<u8>(),
@@ -330,20 +312,26 @@ impl QuantActs {
                 self.q8_k.len(),
             ),
         };
+        let side = if format == ActFormat::Q8K {
+            usize::MAX
+        } else {
+            self.d.len()
+        };
         assert!(
-            nb * n_tokens <= have,
+            nb * rows <= have && nb * rows <= side,
             "activation buffers sized for {have} {format:?} blocks, {} needed",
-            nb * n_tokens
+            nb * rows
         );
         RawActs {
             format,
+            residual_at: (terms == 2).then_some(n_tokens),
             view: ActView {
                 blocks,
                 row_bytes,
                 d: self.d.as_mut_ptr(),
                 s: self.s.as_mut_ptr(),
                 nb,
-                n_tokens,
+                n_tokens: rows,
             },
         }
     }
@@ -353,11 +341,14 @@ impl QuantActs {
 #[derive(Clone, Copy, Debug)]
 pub struct RawActs {
     format: ActFormat,
+    /// With two terms, the row where token 0's residual goes (token `t`'s at `residual_at + t`).
+    residual_at: Option<usize>,
     pub view: ActView,
 }
 
 impl RawActs {
-    /// Quantizes rows `tokens` of `x` (all of its rows, `view.nb` blocks each).
+    /// Quantizes rows `tokens` of `x` (all of its rows, `view.nb` blocks each), and their
+    /// residuals where the view has two terms.
     ///
     /// # Safety
     /// No other thread may touch the same rows meanwhile, and the buffers must still be alive.
@@ -397,7 +388,9 @@ unsafe fn quantize_rows_generic(acts: &RawActs, x: &[f32], tokens: std::ops::Ran
     })
 }
 
-/// Quantizes rows `tokens` of `x` with `q8` for 32-value blocks, or Q8_K's reference quantizer.
+/// Quantizes rows `tokens` of `x` with `q8` for 32-value blocks, or Q8_K's reference quantizer,
+/// and with two terms quantizes each block's residual `x - d * q` (with `d` as the kernels read
+/// it) the same way, into the residual rows.
 ///
 /// # Safety
 /// As for [`RawActs::quantize_rows`].
@@ -412,35 +405,46 @@ unsafe fn quantize_rows_with(
     let k = v.nb * acts.format.block_len();
     for t in tokens {
         let row = &x[t * k..(t + 1) * k];
-        let blocks = v.blocks.add(t * v.row_bytes).cast_mut();
+        let rows = std::iter::once(t).chain(acts.residual_at.map(|at| at + t));
         match acts.format {
             ActFormat::Q8_0 | ActFormat::Q8_1 => {
-                let d = std::slice::from_raw_parts_mut(v.d.cast_mut().add(t * v.nb), v.nb);
-                let s = std::slice::from_raw_parts_mut(v.s.cast_mut().add(t * v.nb), v.nb);
                 for (b, chunk) in row.chunks_exact(QK).enumerate() {
-                    let q = q8(chunk.try_into().expect("QK values"));
-                    if acts.format == ActFormat::Q8_0 {
-                        let block = BlockQ8_0 { d: q.d, qs: q.qs };
-                        blocks.cast::<BlockQ8_0>().add(b).write(block);
-                    } else {
-                        let block = BlockQ8_1 {
-                            d: q.d,
-                            s: q.s,
-                            qs: q.qs,
-                        };
-                        blocks.cast::<BlockQ8_1>().add(b).write(block);
+                    let mut values: [f32; QK] = chunk.try_into().expect("QK values");
+                    for r in rows.clone() {
+                        let q = q8(&values);
+                        let d = f16_to_f32(q.d);
+                        let at = r * v.nb + b;
+                        let blocks = v.blocks.add(r * v.row_bytes).cast_mut();
+                        if acts.format == ActFormat::Q8_0 {
+                            let block = BlockQ8_0 { d: q.d, qs: q.qs };
+                            blocks.cast::<BlockQ8_0>().add(b).write(block);
+                        } else {
+                            let block = BlockQ8_1 {
+                                d: q.d,
+                                s: q.s,
+                                qs: q.qs,
+                            };
+                            blocks.cast::<BlockQ8_1>().add(b).write(block);
+                        }
+                        v.d.cast_mut().add(at).write(d);
+                        v.s.cast_mut().add(at).write(d * q.sum as f32);
+                        for (x, &q) in values.iter_mut().zip(&q.qs) {
+                            *x -= d * f32::from(q);
+                        }
                     }
-                    d[b] = f16_to_f32(q.d);
-                    s[b] = d[b] * q.sum as f32;
                 }
             }
             ActFormat::Q8K => {
                 for (b, chunk) in row.chunks_exact(QK_K).enumerate() {
-                    let chunk: &[f32; QK_K] = chunk.try_into().expect("QK_K values");
-                    blocks
-                        .cast::<BlockQ8K>()
-                        .add(b)
-                        .write(BlockQ8K::quantize(chunk));
+                    let mut values: [f32; QK_K] = chunk.try_into().expect("QK_K values");
+                    for r in rows.clone() {
+                        let block = BlockQ8K::quantize(&values);
+                        for (x, &q) in values.iter_mut().zip(&block.qs) {
+                            *x -= block.d * f32::from(q);
+                        }
+                        let blocks = v.blocks.add(r * v.row_bytes).cast_mut();
+                        blocks.cast::<BlockQ8K>().add(b).write(block);
+                    }
                 }
             }
         }

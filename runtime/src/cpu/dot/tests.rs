@@ -127,8 +127,8 @@ fn run_kernel(
     let w = random_weights(&mut rng, ty, rows, k);
     let x = random_activations(&mut rng, n_tokens * k);
     let format = ActFormat::vec_dot_type(ty).unwrap();
-    let mut acts = QuantActs::new(k, n_tokens, [ty]);
-    let view = acts.quantize(kernels.level, format, &x, k);
+    let mut acts = QuantActs::new(k, n_tokens, [(ty, 1)]);
+    let view = acts.quantize(kernels.level, format, 1, &x, k);
     let xq = dequantized_acts(&view, format);
     let row_bytes = w.len() / rows;
     let mut got = vec![f32::NAN; rows * n_tokens];
@@ -291,8 +291,8 @@ fn packed_groups_give_the_same_bits_together_and_alone() {
             let w = random_weights(&mut rng, ty, rows, k);
             let x = random_activations(&mut rng, n_tokens * k);
             let format = ActFormat::vec_dot_type(ty).unwrap();
-            let mut acts = QuantActs::new(k, n_tokens, [ty]);
-            let view = acts.quantize(kernels.level, format, &x, k);
+            let mut acts = QuantActs::new(k, n_tokens, [(ty, 1)]);
+            let view = acts.quantize(kernels.level, format, 1, &x, k);
             let p = pack::pack(ty, &w, k, rows, |n, f| (0..n).for_each(f)).unwrap();
             let (mut together, mut alone) =
                 (vec![0f32; rows * n_tokens], vec![0f32; rows * n_tokens]);
@@ -343,8 +343,8 @@ fn tiles_write_only_their_rows() {
         let (k, n_tokens, stride) = (64, 5, 5);
         let w = random_weights(&mut rng, GgmlType::Q4_1, 2, k);
         let x = random_activations(&mut rng, n_tokens * k);
-        let mut acts = QuantActs::new(k, n_tokens, [GgmlType::Q4_1]);
-        let view = acts.quantize(kernels.level, ActFormat::Q8_1, &x, k);
+        let mut acts = QuantActs::new(k, n_tokens, [(GgmlType::Q4_1, 1)]);
+        let view = acts.quantize(kernels.level, ActFormat::Q8_1, 1, &x, k);
         let mut y = vec![f32::NAN; n_tokens * stride];
         // SAFETY: 2 rows, writes at t * 5 + 1 + r for r < 2, t < 5.
         unsafe { (kernels.q4_1)(&w, w.len() / 2, &view, y.as_mut_ptr().add(1), stride) };
@@ -391,8 +391,8 @@ fn quantization_is_the_same_at_every_level() {
         };
         let mut reference = None;
         for kernels in levels() {
-            let mut acts = QuantActs::new(512, 3, [ty]);
-            let view = acts.quantize(kernels.level, format, &x, 512);
+            let mut acts = QuantActs::new(512, 3, [(ty, 1)]);
+            let view = acts.quantize(kernels.level, format, 1, &x, 512);
             // SAFETY: the view covers 3 rows.
             let bytes =
                 unsafe { std::slice::from_raw_parts(view.blocks, 3 * view.row_bytes) }.to_vec();
@@ -405,6 +405,49 @@ fn quantization_is_the_same_at_every_level() {
             crate::quant::quantize(act_ty, &x, &mut expected).unwrap();
             assert_eq!(bytes, expected, "{:?} {format:?}", kernels.level);
             assert_eq!(*reference.get_or_insert(bytes.clone()), bytes);
+        }
+    }
+}
+
+#[test]
+fn two_terms_hold_the_activations_to_a_residual_step() {
+    // Each value is within a fraction of a step of the residual's step (the residual is at most
+    // about half a step of the first term, so about 1/127 of its block's largest value over 254),
+    // at every level and in every format; one term alone is not.
+    for kernels in levels() {
+        for (format, ty) in [
+            (ActFormat::Q8_0, GgmlType::Q5_0),
+            (ActFormat::Q8_1, GgmlType::Q4_1),
+            (ActFormat::Q8K, GgmlType::Q6_K),
+        ] {
+            let (k, n_tokens) = (512, 3);
+            let mut rng = Rng::new(11);
+            let mut x = random_activations(&mut rng, n_tokens * k);
+            x[5] = 40.0; // an outlier, as real activations have
+            let mut acts = QuantActs::new(k, n_tokens, [(ty, 2)]);
+            let view = acts.quantize(kernels.level, format, 2, &x, k);
+            assert_eq!(view.n_tokens, 2 * n_tokens);
+            let xq = dequantized_acts(&view, format);
+            let block = format.block_len();
+            let (mut worst_one, mut worst_two) = (0f32, 0f32);
+            for t in 0..n_tokens {
+                for (b, chunk) in x[t * k..(t + 1) * k].chunks_exact(block).enumerate() {
+                    let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    for (i, &v) in chunk.iter().enumerate() {
+                        let at = b * block + i;
+                        let one = xq[t * k + at];
+                        let two = one + xq[(n_tokens + t) * k + at];
+                        worst_one = worst_one.max((v - one).abs() / amax);
+                        worst_two = worst_two.max((v - two).abs() / amax);
+                    }
+                }
+            }
+            let what = format!("{:?} {format:?}", kernels.level);
+            assert!(worst_two <= 0.4 / (127.0 * 127.0), "{what}: {worst_two}");
+            assert!(
+                worst_one > 50.0 * worst_two,
+                "{what}: {worst_one} vs {worst_two}"
+            );
         }
     }
 }
