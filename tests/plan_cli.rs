@@ -213,3 +213,54 @@ fn inconsistent_fused_steps_are_refused_at_load() {
         );
     }
 }
+
+#[test]
+fn bench_reports_depth_roofline_load_and_memory_on_a_quiet_stderr() {
+    let plan = tiny_plan();
+    let plan = plan.to_str().unwrap();
+    // The environment of a headless machine: no Wayland runtime directory.
+    let out = Command::new(bin("llamart"))
+        .args(["bench", plan, "-p", "8", "-n", "4", "-d", "16", "-r", "1"])
+        .args(["-t", "2", "--json"])
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("WAYLAND_DISPLAY")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("XDG_RUNTIME_DIR"),
+        "the GPU probe's window-system noise reached the user: {stderr}"
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["depth"], 16);
+    assert_eq!(j["backend"], "cpu", "the tiny plan runs on the CPU");
+    let positive = |key: &str| j[key].as_f64().is_some_and(|v| v > 0.0 && v.is_finite());
+    for key in [
+        "bandwidth_gbps",
+        "roofline_tps",
+        "roofline_fraction",
+        "load_ms",
+        "peak_rss_bytes",
+    ] {
+        assert!(positive(key), "{key}: {}", j[key]);
+    }
+    let fraction = j["roofline_fraction"].as_f64().unwrap();
+    let tg = j["tg"]["tps_mean"].as_f64().unwrap();
+    let roofline = j["roofline_tps"].as_f64().unwrap();
+    assert!((fraction - tg / roofline).abs() < 1e-9 * fraction.max(1.0));
+
+    // A cache already full leaves no room for the tests.
+    let ctx = llamart::plan::LoadedPlan::open(std::path::Path::new(plan))
+        .unwrap()
+        .header
+        .limits
+        .ctx
+        .to_string();
+    let (code, _, stderr) = llamart(&["bench", plan, "-p", "8", "-n", "4", "-d", &ctx]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(&format!("-d {ctx} plus")) && stderr.contains("context"),
+        "{stderr}"
+    );
+}

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use llamart::plan::{Buf, Epilogue, Kernel, PartialsInto, PlanHeader};
+use llamart::plan::{Epilogue, Kernel, PartialsInto, PlanHeader};
 use serde::Serialize;
 
 /// Everything `llamac compile` prints and `--report-json` writes. The key names are an interface:
@@ -52,31 +52,17 @@ pub fn report(
     bandwidth_gbps: Option<f64>,
 ) -> Report {
     let mut op_counts = BTreeMap::new();
-    let mut bytes_read = 0u64;
     let mut flops = 0u64;
     let mut attention_flops_per_cached_token = 0u64;
-    let mut weight_read = vec![false; header.weights.len()];
     for step in &header.steps {
         *op_counts
             .entry(kernel_name(&step.kernel).to_string())
             .or_insert(0) += 1;
-        for input in &step.inputs {
-            match *input {
-                Buf::Weight(w) => {
-                    let info = &header.weights[w as usize];
-                    if let Kernel::Embed { n } = step.kernel {
-                        bytes_read += info.ty.bytes_for(u64::from(n)).unwrap_or(0);
-                    } else if !std::mem::replace(&mut weight_read[w as usize], true) {
-                        bytes_read += info.bytes;
-                    }
-                }
-                Buf::Arena { row_bytes, .. } => bytes_read += row_bytes,
-            }
-        }
         let (step_flops, per_cached) = flops_of(&step.kernel);
         flops += step_flops;
         attention_flops_per_cached_token += per_cached;
     }
+    let bytes_read = header.bytes_read_per_decode_token();
 
     let layer_of =
         |name: &str| -> Option<u32> { name.strip_prefix("blk.")?.split('.').next()?.parse().ok() };

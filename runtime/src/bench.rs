@@ -44,20 +44,31 @@ fn tokens(n: usize, n_vocab: u32) -> Vec<u32> {
 }
 
 /// Runs one warm-up of each test, then `reps` measured repetitions. Like llama-bench, the pp test
-/// evaluates `n_prompt` tokens from an empty cache in batches, and the tg test decodes `n_gen`
-/// tokens one at a time, also from an empty cache, reading back only the best candidate.
+/// evaluates `n_prompt` tokens in batches, and the tg test decodes `n_gen` tokens one at a time,
+/// reading back only the best candidate; each starts from a cache holding `depth` tokens (llama-
+/// bench's `-d`), filled before the clock starts.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     session: &mut dyn Evaluator,
     n_prompt: usize,
     n_gen: usize,
+    depth: usize,
     reps: usize,
     max_batch: usize,
     n_vocab: u32,
 ) -> Result<BenchResult, EvalError> {
     let prompt = tokens(n_prompt, n_vocab);
     let gen = tokens(n_gen, n_vocab);
-    let pp_once = |s: &mut dyn Evaluator| -> Result<f64, EvalError> {
+    let context = tokens(depth, n_vocab);
+    let fill = |s: &mut dyn Evaluator| -> Result<(), EvalError> {
         s.reset();
+        for chunk in context.chunks(max_batch) {
+            s.prefill(chunk)?;
+        }
+        Ok(())
+    };
+    let pp_once = |s: &mut dyn Evaluator| -> Result<f64, EvalError> {
+        fill(s)?;
         let start = Instant::now();
         // As llama-bench does: each chunk's last token's logits are computed.
         for chunk in prompt.chunks(max_batch) {
@@ -68,7 +79,7 @@ pub fn run(
     // Decoding as generation does it: only the best candidate leaves the backend.
     let mut best = Vec::with_capacity(n_vocab as usize);
     let mut tg_once = |s: &mut dyn Evaluator| -> Result<f64, EvalError> {
-        s.reset();
+        fill(s)?;
         let start = Instant::now();
         for &t in &gen {
             s.eval_top(&[t], 1, &mut best)?;
@@ -117,6 +128,49 @@ pub fn run(
     })
 }
 
+/// The machine's memory read bandwidth in GB/s, as `threads` threads streaming through a buffer
+/// far larger than the caches see it: the best of a few passes. Allocates (and frees) 256 MiB,
+/// so measure peak RSS before calling it.
+pub fn read_bandwidth_gbps(threads: usize) -> f64 {
+    const BYTES: usize = 256 << 20;
+    // Written once, so every page is resident before the timed reads.
+    let words: Vec<u64> = (0..(BYTES / 8) as u64).collect();
+    let share = words.len().div_ceil(threads.max(1));
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let sum = std::thread::scope(|scope| {
+            let parts: Vec<_> = words
+                .chunks(share)
+                .map(|part| scope.spawn(move || sum_words(part)))
+                .collect();
+            parts
+                .into_iter()
+                .map(|p| p.join().expect("the probe does not panic"))
+                .fold(0u64, u64::wrapping_add)
+        });
+        std::hint::black_box(sum);
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    BYTES as f64 / best / 1e9
+}
+
+/// A sum in eight independent lanes, so the loads are not serialized by the additions.
+fn sum_words(words: &[u64]) -> u64 {
+    let mut acc = [0u64; 8];
+    let chunks = words.chunks_exact(8);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(0u64, |a, &w| a.wrapping_add(w));
+    for c in chunks {
+        for (a, &w) in acc.iter_mut().zip(c) {
+            *a = a.wrapping_add(w);
+        }
+    }
+    acc.iter().fold(tail, |a, &w| a.wrapping_add(w))
+}
+
 /// Peak resident memory of this process (Linux `VmHWM`), if the platform reports it.
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -128,6 +182,14 @@ pub fn peak_rss_bytes() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bandwidth_probe_reads_every_word() {
+        let words: Vec<u64> = (1..=1001).collect();
+        assert_eq!(sum_words(&words), 1001 * 1002 / 2);
+        let gbps = read_bandwidth_gbps(2);
+        assert!(gbps.is_finite() && gbps > 0.1, "{gbps} GB/s");
+    }
 
     #[test]
     fn stats_are_tokens_per_second() {

@@ -1,6 +1,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -113,6 +114,10 @@ enum Command {
         /// Generated tokens for the tg test (0 skips it).
         #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
         n_gen: usize,
+        /// Tokens already in the KV cache when each test starts (filled before the clock starts),
+        /// as llama-bench's -d.
+        #[arg(short = 'd', long = "depth", default_value_t = 0)]
+        depth: usize,
         /// Measured repetitions (after one warm-up).
         #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
         reps: usize,
@@ -142,7 +147,34 @@ struct Exec {
     backend: Backend,
 }
 
+/// When the process started: load times run from here to the evaluator being ready, so they
+/// include the GPU probe, opening the plan and the session's allocations.
+static PROCESS_START: OnceLock<Instant> = OnceLock::new();
+
+fn seconds_since_start() -> f64 {
+    PROCESS_START
+        .get_or_init(Instant::now)
+        .elapsed()
+        .as_secs_f64()
+}
+
+/// Where the environment has no usable Wayland setup (no absolute `XDG_RUNTIME_DIR` and no
+/// absolute `WAYLAND_DISPLAY`), points `WAYLAND_DISPLAY` at a path that does not exist. The
+/// Vulkan driver's window-system code looks for a Wayland display when the GPU is probed, and
+/// libwayland prints "error: XDG_RUNTIME_DIR is invalid or not set in the environment." when it
+/// cannot even form the socket's path, which a user reads as llamart failing; llamart never
+/// draws on a display, so telling it there is none changes nothing else.
+fn quiet_window_system() {
+    let absolute = |var: &str| std::env::var_os(var).is_some_and(|v| Path::new(&v).is_absolute());
+    if !absolute("XDG_RUNTIME_DIR") && !absolute("WAYLAND_DISPLAY") {
+        std::env::set_var("WAYLAND_DISPLAY", "/nonexistent/llamart-has-no-display");
+    }
+}
+
 fn main() -> ExitCode {
+    PROCESS_START.get_or_init(Instant::now);
+    // Before any other thread exists, as changing the environment requires.
+    quiet_window_system();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -155,19 +187,13 @@ fn main() -> ExitCode {
 struct Model {
     plan: LoadedPlan,
     tokenizer: Tokenizer,
-    load_seconds: f64,
 }
 
 fn load(path: &Path) -> anyhow::Result<Model> {
-    let start = Instant::now();
     let plan = LoadedPlan::open(path)?;
     let tokenizer: Tokenizer = serde_json::from_slice(plan.tokenizer_json())
         .with_context(|| format!("{}: the tokenizer section does not parse", path.display()))?;
-    Ok(Model {
-        plan,
-        tokenizer,
-        load_seconds: start.elapsed().as_secs_f64(),
-    })
+    Ok(Model { plan, tokenizer })
 }
 
 fn evaluator<'m>(model: &'m Model, exec: &Exec) -> anyhow::Result<Box<dyn Evaluator + 'm>> {
@@ -245,6 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("the prompt is {} tokens, but the plan's context holds {ctx} (compile with a larger --ctx)", prompt_ids.len());
             }
             let mut s = evaluator(&model, &exec)?;
+            let load_seconds = seconds_since_start();
             let mut sampler = Sampler::new(params, n_vocab);
             let mut detok = Detokenizer::new(&model.tokenizer);
             let mut text = String::new();
@@ -269,7 +296,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             let tail = detok.finish();
             let timings = json!({
-                "load_ms": model.load_seconds * 1e3,
+                "load_ms": load_seconds * 1e3,
                 "prompt_ms": result.prompt_seconds * 1e3,
                 "prompt_tokens_per_s": prompt_ids.len() as f64 / result.prompt_seconds.max(1e-9),
                 "generate_ms": result.generate_seconds * 1e3,
@@ -389,15 +416,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             plan,
             n_prompt,
             n_gen,
+            depth,
             reps,
             json,
             exec,
         } => {
             let model = load(&plan)?;
             let h = &model.plan.header;
-            if n_prompt.max(n_gen) > h.limits.ctx as usize {
+            if depth + n_prompt.max(n_gen) > h.limits.ctx as usize {
                 bail!(
-                    "-p {n_prompt} / -n {n_gen} exceed the plan's context of {} tokens",
+                    "-d {depth} plus -p {n_prompt} / -n {n_gen} exceed the plan's context of {} tokens",
                     h.limits.ctx
                 );
             }
@@ -405,15 +433,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("-r must be at least 1");
             }
             let mut s = evaluator(&model, &exec)?;
+            let load_seconds = seconds_since_start();
             let r = llamart::bench::run(
                 &mut *s,
                 n_prompt,
                 n_gen,
+                depth,
                 reps,
                 h.limits.max_batch as usize,
                 h.model.n_vocab,
             )?;
+            // Before the bandwidth probe, whose buffer is not the model's.
             let rss = llamart::bench::peak_rss_bytes();
+            // The CPU's decode roofline: the machine's read bandwidth over the bytes a decoded
+            // token reads, averaged over the tg test's positions.
+            let roofline = (s.backend() == "cpu" && n_gen > 0).then(|| {
+                let gbps = llamart::bench::read_bandwidth_gbps(exec.threads);
+                let kv: u64 = (depth..depth + n_gen)
+                    .map(|cached| h.kv_bytes_read_per_decode_token(cached as u64))
+                    .sum();
+                let bytes = h.bytes_read_per_decode_token() as f64 + kv as f64 / n_gen as f64;
+                let tps = gbps * 1e9 / bytes;
+                (gbps, tps, r.tg.tps_mean / tps)
+            });
             let gpu = s.gpu_step_stats().map(|g| {
                 json!({"submits": g.submits, "compute_passes": g.compute_passes, "dispatches": g.dispatches,
                        "bytes_read_back": g.bytes_read_back, "host_encode_us": g.encode_nanos as f64 / 1e3})
@@ -421,8 +463,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if json {
                 let stat = |s: &llamart::bench::Stat| json!({"n": s.n, "tps_mean": s.tps_mean, "tps_std": s.tps_std});
                 let j = json!({
-                    "pp": stat(&r.pp), "tg": stat(&r.tg), "ttft_ms": r.ttft_ms,
-                    "load_ms": model.load_seconds * 1e3, "peak_rss_bytes": rss,
+                    "pp": stat(&r.pp), "tg": stat(&r.tg), "ttft_ms": r.ttft_ms, "depth": depth,
+                    "bandwidth_gbps": roofline.map(|r| r.0), "roofline_tps": roofline.map(|r| r.1),
+                    "roofline_fraction": roofline.map(|r| r.2),
+                    "load_ms": load_seconds * 1e3, "peak_rss_bytes": rss,
                     "threads": exec.threads, "backend": s.backend(), "gpu_per_decode_token": gpu,
                     "model": h.model.name, "plan_bytes": model.plan.file_bytes(),
                 });
@@ -431,10 +475,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let mut table = String::from(
                     "| model | backend | threads | test | t/s |\n|---|---|---|---|---|\n",
                 );
+                let at_depth = if depth > 0 {
+                    format!(" @ d{depth}")
+                } else {
+                    String::new()
+                };
                 for (name, st) in [("pp", &r.pp), ("tg", &r.tg)] {
                     if st.n > 0 {
                         table.push_str(&format!(
-                            "| {} | {} | {} | {name}{} | {:.2} ± {:.2} |\n",
+                            "| {} | {} | {} | {name}{}{at_depth} | {:.2} ± {:.2} |\n",
                             h.model.name,
                             s.backend(),
                             exec.threads,
@@ -446,13 +495,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 table.push_str(&format!(
                     "\nload {:.1} ms, time to first token {:.1} ms, peak RSS {}\n",
-                    model.load_seconds * 1e3,
+                    load_seconds * 1e3,
                     r.ttft_ms,
                     rss.map_or("unknown".into(), |b| format!(
                         "{:.1} MiB",
                         b as f64 / (1 << 20) as f64
                     ))
                 ));
+                if let Some((gbps, tps, fraction)) = roofline {
+                    table.push_str(&format!(
+                        "read bandwidth {gbps:.1} GB/s at {} threads: decode roofline {tps:.1} t/s, tg at {:.0} % of it\n",
+                        exec.threads,
+                        fraction * 100.0
+                    ));
+                }
                 if let Some(g) = gpu {
                     table.push_str(&format!("GPU per decode token: {g}\n"));
                 }

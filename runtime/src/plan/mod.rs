@@ -33,6 +33,58 @@ pub struct PlanHeader {
     pub gpu: GpuSection,
 }
 
+impl PlanHeader {
+    /// Bytes one decoded token reads from memory besides the KV cache: every weight once (the
+    /// embedding only its token's row) and every arena operand's row.
+    pub fn bytes_read_per_decode_token(&self) -> u64 {
+        let mut bytes = 0u64;
+        let mut read = vec![false; self.weights.len()];
+        for step in &self.steps {
+            for input in &step.inputs {
+                match *input {
+                    Buf::Weight(w) => {
+                        let info = &self.weights[w as usize];
+                        if let Kernel::Embed { n } = step.kernel {
+                            bytes += info.ty.bytes_for(u64::from(n)).unwrap_or(0);
+                        } else if !std::mem::replace(&mut read[w as usize], true) {
+                            bytes += info.bytes;
+                        }
+                    }
+                    Buf::Arena { row_bytes, .. } => bytes += row_bytes,
+                }
+            }
+        }
+        bytes
+    }
+
+    /// Bytes of the KV cache one decoded token reads with `cached` tokens before it: every
+    /// attention step's keys and values over the positions its window sees.
+    pub fn kv_bytes_read_per_decode_token(&self, cached: u64) -> u64 {
+        self.steps
+            .iter()
+            .filter_map(|step| match step.kernel {
+                Kernel::Attention {
+                    n_kv_head,
+                    head_dim,
+                    window,
+                    ..
+                }
+                | Kernel::AttentionProject {
+                    n_kv_head,
+                    head_dim,
+                    window,
+                    ..
+                } => {
+                    let seen = window.map_or(cached + 1, |w| u64::from(w).min(cached + 1));
+                    // Keys and values, f32.
+                    Some(2 * seen * u64::from(n_kv_head * head_dim) * 4)
+                }
+                _ => None,
+            })
+            .sum()
+    }
+}
+
 /// The GPU form of the schedule: specialized WGSL kernels and, for every step, the dispatches
 /// that run it with their bindings. Binding 0 of every kernel is the per-step `Params` uniform;
 /// the listed bindings follow from 1.
