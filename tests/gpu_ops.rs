@@ -127,6 +127,7 @@ impl Builder {
             dims: dims.to_vec(),
             offset,
             bytes: bytes.len() as u64,
+            packed: false,
         });
         self.data.push(bytes);
         Buf::Weight(self.weights.len() as u32 - 1)

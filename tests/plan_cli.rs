@@ -264,3 +264,36 @@ fn bench_reports_depth_roofline_load_and_memory_on_a_quiet_stderr() {
         "{stderr}"
     );
 }
+
+#[test]
+fn packed_weights_are_checked_at_load() {
+    use llamart::plan::{LoadedPlan, PlanWriter};
+    use llamart::GgmlType;
+    let good = LoadedPlan::open(&tiny_plan()).unwrap();
+    let mut header = good.header.clone();
+    let norm = header
+        .weights
+        .iter()
+        .position(|w| w.ty == GgmlType::F32)
+        .unwrap();
+    header.weights[norm].packed = true;
+    let bad = scratch_dir().join("wrongly-packed.plan");
+    let weights: Vec<&[u8]> = (0..header.weights.len() as u32)
+        .map(|i| good.weight(i))
+        .collect();
+    PlanWriter::write(&bad, &header, good.tokenizer_json(), weights).unwrap();
+    let plan = LoadedPlan::open(&bad).unwrap();
+    let name = &header.weights[norm].name;
+    let err = llamart::cpu::Session::new(&plan, 1)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains(name) && err.contains("marked packed"), "{err}");
+    if gpu_available() {
+        let err = llamart::gpu::GpuSession::new(&plan)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(name) && err.contains("marked packed"), "{err}");
+    }
+}

@@ -146,3 +146,21 @@ fn prompts_longer_than_the_context_and_bad_flags_are_errors() {
     let (code, _, _) = llamart(&["run", small.to_str().unwrap()]);
     assert_eq!(code, 2, "a missing -p is a usage error");
 }
+
+#[test]
+fn the_plan_stores_the_products_weights_packed_and_the_lookup_reads_them() {
+    // SmolLM2's embedding table is also its LM head: stored packed for the head's product, it
+    // is read through the packed layout by the lookup too (the golden tests check the values).
+    let plan = llamart::plan::LoadedPlan::open(std::path::Path::new(&plan())).unwrap();
+    let weights = &plan.header.weights;
+    let packed = |name: &str| weights.iter().any(|w| w.name == name && w.packed);
+    assert!(packed("token_embd"), "the tied embedding and head");
+    assert!(packed("blk.0.ffn_down"), "a Q4_1 product");
+    assert!(
+        weights
+            .iter()
+            .filter(|w| w.ty == llamart::GgmlType::F32)
+            .all(|w| !w.packed),
+        "norms stay plain"
+    );
+}

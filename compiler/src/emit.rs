@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use llamart::cpu::dot::pack;
 use llamart::plan::{
     Activations, ArenaLayout, Buf, Kernel, Limits, ModelInfo, PlanHeader, Step, WeightInfo,
     FORMAT_VERSION, WEIGHT_ALIGN,
@@ -56,6 +57,7 @@ pub fn emit<'a>(
                     dims: dims.clone(),
                     offset: weights_len,
                     bytes: len,
+                    packed: false,
                 });
                 weight_bytes.push(bytes);
                 weights_len = (weights_len + len).div_ceil(WEIGHT_ALIGN) * WEIGHT_ALIGN;
@@ -133,12 +135,44 @@ pub fn emit<'a>(
         // Derived from the finished CPU schedule just below.
         gpu: Default::default(),
     };
+    pack_product_weights(&mut header, &mut weight_bytes);
     header.gpu = crate::wgsl::gpu_section(&header)?;
     Ok(Emitted {
         header,
         weights: weight_bytes,
         step_names,
     })
+}
+
+/// Stores the weights of matrix products in the CPU's packed layout where the CPU multiplies
+/// them with packed kernels (legacy types with quantized activations, at least one group of
+/// rows), so that it maps them as they are instead of re-laying a copy at load.
+fn pack_product_weights(header: &mut PlanHeader, bytes: &mut [WeightBytes<'_>]) {
+    for step in &header.steps {
+        let (k, n) = match step.kernel {
+            Kernel::MatMul { k, n } | Kernel::FusedMatMul { k, n, .. } => (k, n),
+            Kernel::AttentionProject {
+                n_head,
+                head_dim,
+                n,
+                ..
+            } => (n_head * head_dim, n),
+            _ => continue,
+        };
+        let Some(&Buf::Weight(w)) = step.inputs.get(1) else {
+            continue;
+        };
+        let info = &mut header.weights[w as usize];
+        let wanted = header.activations.terms(info.ty).is_some()
+            && pack::can_pack(info.ty)
+            && n as usize >= pack::PACK_ROWS;
+        if wanted && !info.packed {
+            let packed = pack::pack(info.ty, &bytes[w as usize], k as usize, n as usize)
+                .expect("a packable type");
+            bytes[w as usize] = WeightBytes::Owned(packed);
+            info.packed = true;
+        }
+    }
 }
 
 fn fixed(d: &Dim) -> u32 {

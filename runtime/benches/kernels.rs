@@ -81,7 +81,8 @@ fn tiles(c: &mut Criterion) {
                         },
                     );
                     if let Some(kernel) = kernels.packed(ty) {
-                        let p = pack::pack(ty, &w, k, n, |n, f| (0..n).for_each(f)).unwrap();
+                        let bytes = pack::pack(ty, &w, k, n).unwrap();
+                        let p = pack::Packed::new(ty, &bytes, k, n).unwrap();
                         let id = format!("{:?}-packed", kernels.level);
                         group.bench_function(BenchmarkId::from_parameter(id), |b| {
                             // SAFETY: as above, with weights packed for ty.
@@ -123,7 +124,8 @@ fn quantize(c: &mut Criterion) {
 fn products(c: &mut Criterion) {
     for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
         for (k, n) in SHAPES {
-            let w = weights(ty, k, n);
+            // As a plan stores them.
+            let w = pack::pack(ty, &weights(ty, k, n), k, n).unwrap();
             for n_tokens in [1, 64] {
                 let mut group = c.benchmark_group(format!("matmul/{ty}/{k}x{n}/T{n_tokens}"));
                 group.sample_size(if n_tokens * n > 1 << 20 { 10 } else { 50 });
@@ -136,7 +138,7 @@ fn products(c: &mut Criterion) {
                 let mut y = vec![0.0f32; n * n_tokens];
                 for threads in [1, 2] {
                     let mut mm = MatMul::new(threads, k, n_tokens, &[ty], Activations::Q8).unwrap();
-                    mm.prepare(0, ty, &w, k, n);
+                    mm.prepare(0, ty, &w, k, n, true);
                     group.bench_function(BenchmarkId::new("threads", threads), |b| {
                         b.iter(|| mm.run(0, ty, black_box(&w), &x, &mut y, k, n))
                     });

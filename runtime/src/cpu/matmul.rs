@@ -15,7 +15,7 @@ mod pool;
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::dot::{pack, ActFormat, Kernels, Packed, QuantActs, TileFn, PACK_ROWS};
+use super::dot::{ActFormat, Kernels, Packed, QuantActs, TileFn, PACK_ROWS};
 use super::kernels::dot;
 use crate::plan::Activations;
 use crate::GgmlType;
@@ -105,9 +105,20 @@ fn workers_buffers(threads: usize, len: usize) -> Vec<RowBuf> {
         .collect()
 }
 
+/// How a weight's bytes are laid out, as [`MatMul::prepare`] was told.
+enum Stored {
+    /// Plain rows (what [`MatMul::run`] assumes of a weight it was not told about).
+    Rows,
+    /// The plan's packed layout, which this CPU's packed kernels read as it is.
+    Packed,
+    /// The plan packed the weight but this CPU has no packed kernel for it: its rows, re-laid
+    /// once at load.
+    Unpacked(Vec<u8>),
+}
+
 /// Everything a matrix product needs besides its operands, allocated once per session: the
-/// threads, the kernels, the quantized-activation buffers and the weights packed for the packed
-/// kernels.
+/// threads, the kernels, the quantized-activation buffers, and the rows of packed weights that
+/// this CPU cannot read packed.
 pub struct MatMul {
     kernels: Kernels,
     activations: Activations,
@@ -118,7 +129,7 @@ pub struct MatMul {
     two_term: Vec<RowBuf>,
     max_tokens: usize,
     /// By the weight ids of [`MatMul::prepare`].
-    packed: Vec<Option<Packed>>,
+    stored: Vec<Stored>,
 }
 
 impl MatMul {
@@ -177,7 +188,7 @@ impl MatMul {
             ),
             max_tokens,
             pool,
-            packed: Vec::new(),
+            stored: Vec::new(),
         })
     }
 
@@ -203,36 +214,33 @@ impl MatMul {
         });
     }
 
-    /// Packs weight `id` (`n` rows of `k` values of type `ty`) for the packed kernels, where they
-    /// have its type; [`MatMul::run`] with the same `id` then reads the packed copy instead of
-    /// `w`. Done once per weight, at load.
-    pub fn prepare(&mut self, id: usize, ty: GgmlType, w: &[u8], k: usize, n: usize) {
-        let done = self.packed.get(id).is_some_and(Option::is_some);
-        let packable = quantized(&self.kernels, self.activations, ty).is_some()
-            && self.kernels.packed(ty).is_some();
-        if done || !packable || n < PACK_ROWS {
+    /// Tells how weight `id` (`n` rows of `k` values of type `ty`, the plan's bytes `w`) is laid
+    /// out: `packed` as the plan marks it. [`MatMul::run`] with the same `id` then reads it
+    /// through the packed kernels, or, where this CPU has none for the type (the portable
+    /// level), through rows re-laid here, once, at load.
+    ///
+    /// # Panics
+    /// If `w` is not a packed weight of that shape (the plan validator checks it first).
+    pub fn prepare(&mut self, id: usize, ty: GgmlType, w: &[u8], k: usize, n: usize, packed: bool) {
+        if self.stored.len() <= id {
+            self.stored.resize_with(id + 1, || Stored::Rows);
+        }
+        if !packed {
             return;
         }
-        let pool = &self.pool;
-        let packed = pack::pack(ty, w, k, n, |groups, pack_group| {
-            let next = AtomicUsize::new(0);
-            pool.run(&|_| loop {
-                let g = next.fetch_add(1, Ordering::Relaxed);
-                if g >= groups {
-                    break;
-                }
-                pack_group(g);
-            });
-        });
-        if self.packed.len() <= id {
-            self.packed.resize_with(id + 1, || None);
-        }
-        self.packed[id] = packed;
+        let view = Packed::new(ty, w, k, n).expect("a validated packed weight");
+        let readable = quantized(&self.kernels, self.activations, ty).is_some()
+            && self.kernels.packed(ty).is_some();
+        self.stored[id] = if readable {
+            Stored::Packed
+        } else {
+            Stored::Unpacked(view.unpack())
+        };
     }
 
     /// `y[t * n + j] = dot(row j of w, x[t * k..(t + 1) * k])` for every token `t` of `x`; `w`
-    /// holds `n` rows of `k` values of type `ty`, and is weight `id` of [`MatMul::prepare`] if it
-    /// was prepared.
+    /// holds `n` rows of `k` values of type `ty`, laid out as [`MatMul::prepare`] was told for
+    /// weight `id` (plain rows if it was not).
     ///
     /// Each output depends only on its row and token, never on the other tokens of the call or
     /// on the number of threads, so evaluating tokens one at a time or together gives identical
@@ -253,6 +261,14 @@ impl MatMul {
         n: usize,
     ) {
         assert!(matmul_supports(ty), "no CPU matrix product for {ty}");
+        let (w, packed) = match self.stored.get(id) {
+            Some(Stored::Unpacked(rows)) => (&rows[..], None),
+            Some(Stored::Packed) => (
+                w,
+                Some(Packed::new(ty, w, k, n).expect("prepared as packed")),
+            ),
+            _ => (w, None),
+        };
         let n_tokens = x.len() / k;
         let row_bytes = ty
             .bytes_for(k as u64)
@@ -292,15 +308,14 @@ impl MatMul {
                 unsafe { acts.quantize_rows(level, x, 0..n_tokens) };
             }
             let view = acts.view;
-            let packed = self.packed.get(id).and_then(Option::as_ref);
             let packed = packed.and_then(|p| Some((p, self.kernels.packed(ty)?)));
             // Rows `rows` of every row of the view into `y`, row `r` and view row `t` at
             // `y[t * stride + r - rows.start]`.
             let product = |rows: std::ops::Range<usize>, y: *mut f32, stride: usize| {
                 let mut start = rows.start;
-                // SAFETY: the view was filled for this k and format; the rows exist in w (and
-                // their whole groups in the packed copy, made from w for this type), and the
-                // caller gives `y` room for them.
+                // SAFETY: the view was filled for this k and format; the rows exist in w (whole
+                // groups in its packed part, the others after them), and the caller gives `y`
+                // room for them.
                 unsafe {
                     if let Some((packed, kernel)) = packed {
                         let groups = start / PACK_ROWS..(rows.end / PACK_ROWS).min(packed.groups);
@@ -310,7 +325,10 @@ impl MatMul {
                         }
                     }
                     if start < rows.end {
-                        let w = &w[start * row_bytes..rows.end * row_bytes];
+                        // Rows past the packed groups are plain rows, at the packed weight's end.
+                        let (plain, first) =
+                            packed.map_or((w, 0), |(p, _)| (p.tail_rows(), p.groups * PACK_ROWS));
+                        let w = &plain[(start - first) * row_bytes..(rows.end - first) * row_bytes];
                         tile(w, row_bytes, &view, y.add(start - rows.start), stride);
                     }
                 }
@@ -380,7 +398,7 @@ impl MatMul {
 mod tests {
     use super::*;
     use crate::cpu::dot::tests::{random_activations, random_weights, Rng};
-    use crate::cpu::dot::Level;
+    use crate::cpu::dot::{pack, Level};
 
     #[test]
     fn for_each_visits_every_item_once_on_valid_workers() {
@@ -464,12 +482,20 @@ mod tests {
                 let mut mm =
                     MatMul::with_kernels(kernels, 3, k, n_tokens, &[ty], activations).unwrap();
                 let mut y = vec![f32::NAN; n * n_tokens];
-                mm.prepare(0, ty, &w, k, n);
-                mm.run(0, ty, &w, &x, &mut y, k, n);
+                // Weights the compiler would pack are multiplied as a plan stores them: whole
+                // groups packed, the last rows (75 is not a multiple of 8) after them.
+                let packed = terms.is_some() && pack::can_pack(ty);
+                let stored = if packed {
+                    pack::pack(ty, &w, k, n).unwrap()
+                } else {
+                    w.clone()
+                };
+                mm.prepare(0, ty, &stored, k, n, packed);
+                mm.run(0, ty, &stored, &x, &mut y, k, n);
                 // Each token alone gives exactly what it gave in the batch.
                 let mut alone = vec![f32::NAN; n];
                 for t in [0, 3, n_tokens - 1] {
-                    mm.run(0, ty, &w, &x[t * k..(t + 1) * k], &mut alone, k, n);
+                    mm.run(0, ty, &stored, &x[t * k..(t + 1) * k], &mut alone, k, n);
                     let batched = &y[t * n..(t + 1) * n];
                     assert!(
                         alone

@@ -8,6 +8,7 @@ use thiserror::Error;
 
 use crate::plan::{Buf, Epilogue, Kernel, LoadedPlan, PartialsInto};
 use crate::GgmlType;
+use dot::Packed;
 
 pub use matmul::{matmul_supports, MatMul, MATMUL_TYPES};
 
@@ -134,6 +135,8 @@ pub struct Session<'p> {
     summed: Vec<f32>,
     /// Attention outputs before their projection (max_batch rows).
     attended: Vec<f32>,
+    /// One row of an embedding table stored packed, re-laid for the lookup.
+    embed_row: Vec<u8>,
     /// The head: the steps from this index on (after the last attention or rope, the only
     /// kernels whose rows depend on other rows or on positions) work row by row and
     /// feed only the logits, so a prefill skips them and a step whose last row alone is wanted
@@ -236,8 +239,15 @@ impl<'p> Session<'p> {
             )?;
         for (step, k, n) in products {
             let w = weight_of(step);
-            let ty = h.weights[w as usize].ty;
-            matmul.prepare(w as usize, ty, plan.weight(w), k as usize, n as usize);
+            let info = &h.weights[w as usize];
+            matmul.prepare(
+                w as usize,
+                info.ty,
+                plan.weight(w),
+                k as usize,
+                n as usize,
+                info.packed,
+            );
         }
         let head_from = h
             .steps
@@ -255,6 +265,17 @@ impl<'p> Session<'p> {
                 )
             })
             .map_or(0, |i| i + 1);
+        let embed_row_len = h
+            .steps
+            .iter()
+            .filter_map(|step| match (&step.kernel, step.inputs.first()) {
+                (&Kernel::Embed { n }, Some(&Buf::Weight(w))) if h.weights[w as usize].packed => {
+                    h.weights[w as usize].ty.bytes_for(u64::from(n))
+                }
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0) as usize;
         let head_inputs_from_body = (head_from..h.steps.len())
             .map(|i| {
                 let written_in_head =
@@ -278,6 +299,7 @@ impl<'p> Session<'p> {
             wide: vec![0.0; wide_len * max_batch],
             summed: vec![0.0; summed_len * max_batch],
             attended: vec![0.0; attended_len * max_batch],
+            embed_row: vec![0; embed_row_len],
             head_from,
             head_inputs_from_body,
             n_past: 0,
@@ -433,13 +455,25 @@ impl<'p> Session<'p> {
                 };
                 let info = &plan.header.weights[table as usize];
                 let row_bytes = info.ty.bytes_for(u64::from(n)).expect("validated") as usize;
-                let table = plan.weight(table);
+                let bytes = plan.weight(table);
+                // A table that is also the LM head may be stored packed for the head's product.
+                let packed = info.packed.then(|| {
+                    let rows = info.dims[1] as usize;
+                    Packed::new(info.ty, bytes, n as usize, rows).expect("validated")
+                });
                 let ids = read(&step.inputs[1], 1);
                 let out = write(n as usize);
                 for (id, row) in ids.iter().zip(out.chunks_exact_mut(n as usize)) {
                     let id = id.to_bits() as usize;
-                    crate::quant::dequantize(info.ty, &table[id * row_bytes..][..row_bytes], row)
-                        .expect("validated");
+                    let stored = match packed {
+                        Some(p) => {
+                            let buf = &mut self.embed_row[..row_bytes];
+                            p.row_into(id, buf);
+                            &*buf
+                        }
+                        None => &bytes[id * row_bytes..][..row_bytes],
+                    };
+                    crate::quant::dequantize(info.ty, stored, row).expect("validated");
                 }
             }
             Kernel::RmsNorm { n, groups, eps } => {
@@ -748,6 +782,16 @@ fn validate(plan: &LoadedPlan) -> Result<(), LoadError> {
     let max_batch = u64::from(h.limits.max_batch);
     if h.limits.ctx == 0 || h.limits.max_batch == 0 {
         return Err(LoadError::Invalid(format!("limits {:?}", h.limits)));
+    }
+    for (i, w) in h.weights.iter().enumerate() {
+        let shape = (w.dims.len() == 2).then(|| (w.dims[0] as usize, w.dims[1] as usize));
+        let whole = shape.and_then(|(k, n)| Packed::new(w.ty, plan.weight(i as u32), k, n));
+        if w.packed && whole.is_none() {
+            return Err(LoadError::Invalid(format!(
+                "weight '{}' is marked packed, but {} {:?} in {} bytes has no packed layout",
+                w.name, w.ty, w.dims, w.bytes
+            )));
+        }
     }
     let arena_region = |b: &Buf, per_row_values: u64| -> Result<(u64, u64), String> {
         match *b {

@@ -22,6 +22,8 @@ pub enum GpuError {
     Device(String),
     #[error("GPU error while {during}: {why}")]
     Runtime { during: &'static str, why: String },
+    #[error("the plan is inconsistent: {0}")]
+    Invalid(String),
 }
 
 /// A description of the adapter a session runs on.
@@ -205,7 +207,27 @@ impl<'p> GpuSession<'p> {
         );
         let weights: Vec<wgpu::Buffer> = (0..h.weights.len() as u32)
             .map(|i| {
-                let bytes = plan.weight(i);
+                let info = &h.weights[i as usize];
+                // The GPU's loaders read plain rows: weights stored packed for the CPU are
+                // re-laid into rows as they are copied into GPU memory (validated at load).
+                let unpacked = if info.packed {
+                    let rows = (info.dims.len() == 2)
+                        .then(|| {
+                            let (k, n) = (info.dims[0] as usize, info.dims[1] as usize);
+                            crate::cpu::dot::Packed::new(info.ty, plan.weight(i), k, n)
+                        })
+                        .flatten()
+                        .ok_or_else(|| {
+                            GpuError::Invalid(format!(
+                                "weight '{}' is marked packed, but {} {:?} has no packed layout",
+                                info.name, info.ty, info.dims
+                            ))
+                        })?;
+                    Some(rows.unpack())
+                } else {
+                    None
+                };
+                let bytes = unpacked.as_deref().unwrap_or(plan.weight(i));
                 let b = buffer(
                     &device,
                     &h.weights[i as usize].name,
@@ -220,9 +242,9 @@ impl<'p> GpuSession<'p> {
                     tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
                     queue.write_buffer(&b, whole as u64, &tail);
                 }
-                b
+                Ok(b)
             })
-            .collect();
+            .collect::<Result<_, GpuError>>()?;
 
         let pipelines: Vec<wgpu::ComputePipeline> = gpu
             .kernels

@@ -294,6 +294,11 @@ pub struct WeightInfo {
     /// Offset from the start of the weight section (aligned to `WEIGHT_ALIGN`).
     pub offset: u64,
     pub bytes: u64,
+    /// Stored in the CPU's packed layout (`cpu::dot::pack`): whole groups of eight rows
+    /// interleaved, then the remaining rows as they were. The compiler packs the weights of
+    /// products that the CPU multiplies with packed kernels, so the CPU maps them as they are;
+    /// readers of plain rows (the GPU, an embedding lookup) re-lay what they read.
+    pub packed: bool,
 }
 
 /// Weights start at multiples of this, so kernels can use aligned vector loads.

@@ -1,4 +1,5 @@
-//! Weights of the legacy types re-laid once, at load, for the packed kernels.
+//! Weights of the legacy types re-laid for the packed kernels: by the compiler, which stores them
+//! so in the plan (marked `packed`), so the CPU maps them and copies nothing at load.
 //!
 //! A SIMD dot product of one row leaves eight (or sixteen) partial sums per block in the lanes of
 //! a vector, which must be summed and scaled; per block that costs more instructions than the
@@ -56,18 +57,32 @@ fn layout(ty: GgmlType) -> Option<Layout> {
     })
 }
 
-/// The rows of a weight matrix in whole groups of [`PACK_ROWS`], packed; rows past the last whole
-/// group are left to the row kernels.
-pub struct Packed {
+/// A packed weight as stored in a plan: `groups` whole groups of [`PACK_ROWS`] rows in the packed
+/// layout, then the rows past the last whole group as they were.
+#[derive(Clone, Copy, Debug)]
+pub struct Packed<'w> {
     pub ty: GgmlType,
-    bytes: Vec<u8>,
+    bytes: &'w [u8],
     /// Blocks per row.
     pub nb: usize,
     /// Groups of [`PACK_ROWS`] rows.
     pub groups: usize,
 }
 
-impl Packed {
+impl<'w> Packed<'w> {
+    /// The packed weight `bytes` of `n` rows of `k` values of type `ty`; `None` where `ty` has no
+    /// packed layout or the sizes do not match.
+    pub fn new(ty: GgmlType, bytes: &'w [u8], k: usize, n: usize) -> Option<Self> {
+        layout(ty)?;
+        let row_bytes = usize::try_from(ty.bytes_for(k as u64)?).ok()?;
+        (bytes.len() == n.checked_mul(row_bytes)?).then_some(Packed {
+            ty,
+            bytes,
+            nb: k / ty.block_len(),
+            groups: n / PACK_ROWS,
+        })
+    }
+
     /// Bytes of one group's block.
     pub fn group_block_bytes(ty: GgmlType) -> usize {
         PACK_ROWS * ty.block_bytes()
@@ -79,8 +94,59 @@ impl Packed {
     }
 
     /// Groups `range`, all blocks.
-    pub fn groups(&self, range: std::ops::Range<usize>) -> &[u8] {
+    pub fn groups(&self, range: std::ops::Range<usize>) -> &'w [u8] {
         &self.bytes[range.start * self.group_bytes()..range.end * self.group_bytes()]
+    }
+
+    /// The rows past the last whole group, as stored originally (row `groups * PACK_ROWS` first).
+    pub fn tail_rows(&self) -> &'w [u8] {
+        &self.bytes[self.groups * self.group_bytes()..]
+    }
+
+    /// Row `row`'s original bytes, into `out` (one row's worth).
+    pub fn row_into(&self, row: usize, out: &mut [u8]) {
+        let (g, i) = (row / PACK_ROWS, row % PACK_ROWS);
+        if g >= self.groups {
+            let at = (row - self.groups * PACK_ROWS) * out.len();
+            out.copy_from_slice(&self.tail_rows()[at..at + out.len()]);
+            return;
+        }
+        let lay = layout(self.ty).expect("checked at construction");
+        let (block, gb) = (self.ty.block_bytes(), Self::group_block_bytes(self.ty));
+        for (b, dst) in out.chunks_exact_mut(block).enumerate() {
+            let src = &self.groups(g..g + 1)[b * gb..(b + 1) * gb];
+            dst[..2].copy_from_slice(&src[2 * i..2 * i + 2]);
+            if lay.has_m {
+                dst[2..4].copy_from_slice(&src[16 + 2 * i..16 + 2 * i + 2]);
+            }
+            if let Some((at, from)) = lay.qh {
+                let mut qh = 0u32;
+                for j in 0..8 {
+                    let mask = u32::from_le_bytes(
+                        src[from + 4 * j..from + 4 * j + 4]
+                            .try_into()
+                            .expect("4 bytes"),
+                    );
+                    qh |= ((mask >> (4 * i)) & 0xF) << (4 * j);
+                }
+                dst[at..at + 4].copy_from_slice(&qh.to_le_bytes());
+            }
+            let (at, from) = lay.qs;
+            for j in 0..lay.qs_len / 4 {
+                let src_at = from + 32 * j + 4 * i;
+                dst[at + 4 * j..at + 4 * j + 4].copy_from_slice(&src[src_at..src_at + 4]);
+            }
+        }
+    }
+
+    /// Every row in its original layout: what a consumer of plain rows (the GPU) reads.
+    pub fn unpack(&self) -> Vec<u8> {
+        let row_bytes = self.nb * self.ty.block_bytes();
+        let mut rows = vec![0u8; self.bytes.len()];
+        for (r, out) in rows.chunks_exact_mut(row_bytes).enumerate() {
+            self.row_into(r, out);
+        }
+        rows
     }
 }
 
@@ -89,40 +155,24 @@ pub fn can_pack(ty: GgmlType) -> bool {
     layout(ty).is_some()
 }
 
-/// Packs the whole groups of `n` rows of `k` values of type `ty`; `None` for types without a
-/// packed layout. `for_groups` runs its argument over all group indices, in any order and from
-/// any threads (the groups are independent).
+/// `n` rows of `k` values of type `ty` as a plan stores them packed (see [`Packed`]): the same
+/// number of bytes, whole groups re-laid and the remaining rows as they are; `None` for types
+/// without a packed layout.
 ///
 /// # Panics
-/// If `w` holds fewer than `n` rows.
-pub fn pack(
-    ty: GgmlType,
-    w: &[u8],
-    k: usize,
-    n: usize,
-    for_groups: impl FnOnce(usize, &(dyn Fn(usize) + Sync)),
-) -> Option<Packed> {
+/// If `w` does not hold exactly `n` rows.
+pub fn pack(ty: GgmlType, w: &[u8], k: usize, n: usize) -> Option<Vec<u8>> {
     let lay = layout(ty)?;
     let block = ty.block_bytes();
     let nb = k / ty.block_len();
     let row_bytes = nb * block;
-    assert!(w.len() >= n * row_bytes, "{} bytes for {n} rows", w.len());
+    assert_eq!(w.len(), n * row_bytes, "{} bytes for {n} rows", w.len());
     let groups = n / PACK_ROWS;
     let gb = Packed::group_block_bytes(ty);
-    let mut bytes = vec![0u8; groups * nb * gb];
-    struct Out(*mut u8);
-    // SAFETY: every group writes only its own bytes.
-    unsafe impl Sync for Out {}
-    impl Out {
-        fn at(&self, i: usize) -> *mut u8 {
-            self.0.wrapping_add(i)
-        }
-    }
-    let out = Out(bytes.as_mut_ptr());
-    let pack_group = |g: usize| {
+    let mut bytes = w.to_vec();
+    for g in 0..groups {
         for b in 0..nb {
-            // SAFETY: group g's bytes lie in the buffer and belong to this call alone.
-            let dst = unsafe { std::slice::from_raw_parts_mut(out.at((g * nb + b) * gb), gb) };
+            let dst = &mut bytes[(g * nb + b) * gb..][..gb];
             let mut masks = [0u32; 8];
             for i in 0..PACK_ROWS {
                 let src = &w[(g * PACK_ROWS + i) * row_bytes + b * block..][..block];
@@ -148,12 +198,47 @@ pub fn pack(
                 }
             }
         }
-    };
-    for_groups(groups, &pack_group);
-    Some(Packed {
-        ty,
-        bytes,
-        nb,
-        groups,
-    })
+    }
+    Some(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Packing keeps every row: unpacked, and row by row, the bytes come back as they were, for
+    /// every packable type and for row counts with and without a partial group.
+    #[test]
+    fn packing_round_trips_every_row() {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+        ] {
+            for n in [8, 13, 24] {
+                let k = 96;
+                let row_bytes = ty.bytes_for(k as u64).unwrap() as usize;
+                let w: Vec<u8> = (0..n * row_bytes).map(|i| (i * 131 % 251) as u8).collect();
+                let packed = pack(ty, &w, k, n).unwrap();
+                assert_eq!(packed.len(), w.len());
+                assert_ne!(
+                    packed[..row_bytes],
+                    w[..row_bytes],
+                    "{ty}: rows were re-laid"
+                );
+                let view = Packed::new(ty, &packed, k, n).unwrap();
+                assert_eq!(view.unpack(), w, "{ty} n={n}");
+                let mut row = vec![0u8; row_bytes];
+                view.row_into(n - 1, &mut row);
+                assert_eq!(row, w[(n - 1) * row_bytes..], "{ty} n={n}: last row");
+            }
+        }
+        assert!(pack(GgmlType::Q4_K, &[0; 144], 256, 1).is_none());
+        assert!(
+            Packed::new(GgmlType::Q8_0, &[0; 34], 32, 2).is_none(),
+            "wrong size"
+        );
+    }
 }

@@ -136,7 +136,8 @@ fn run_kernel(
     unsafe {
         let y = got.as_mut_ptr();
         if packed {
-            let p = pack::pack(ty, &w, k, rows, |n, f| (0..n).for_each(f)).unwrap();
+            let bytes = pack::pack(ty, &w, k, rows).unwrap();
+            let p = pack::Packed::new(ty, &bytes, k, rows).unwrap();
             kernels.packed(ty).unwrap()(p.groups(0..p.groups), &view, y, rows);
         } else {
             kernels.tile(ty).unwrap()(&w, row_bytes, &view, y, rows);
@@ -293,7 +294,8 @@ fn packed_groups_give_the_same_bits_together_and_alone() {
             let format = ActFormat::vec_dot_type(ty).unwrap();
             let mut acts = QuantActs::new(k, n_tokens, [(ty, 1)]);
             let view = acts.quantize(kernels.level, format, 1, &x, k);
-            let p = pack::pack(ty, &w, k, rows, |n, f| (0..n).for_each(f)).unwrap();
+            let bytes = pack::pack(ty, &w, k, rows).unwrap();
+            let p = pack::Packed::new(ty, &bytes, k, rows).unwrap();
             let (mut together, mut alone) =
                 (vec![0f32; rows * n_tokens], vec![0f32; rows * n_tokens]);
             // SAFETY: the view matches ty, and the outputs hold n_tokens rows of `rows` values.
