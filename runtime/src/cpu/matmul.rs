@@ -43,14 +43,14 @@ pub fn matmul_supports(ty: GgmlType) -> bool {
 
 /// Per-thread scratch of the interpreter's other parallel kernels, sized at load.
 pub struct Scratch {
-    /// Attention scores for one query (ctx values).
+    /// Attention scores for the query heads that share a KV head (ctx values each).
     pub scores: Vec<f32>,
 }
 
 impl Scratch {
-    pub fn new(ctx: usize) -> Self {
+    pub fn new(ctx: usize, heads_per_kv_head: usize) -> Self {
         Scratch {
-            scores: vec![0.0; ctx],
+            scores: vec![0.0; ctx * heads_per_kv_head],
         }
     }
 }

@@ -227,8 +227,22 @@ impl<'p> Session<'p> {
             .collect();
         let threads = threads.max(1);
         let max_batch = h.limits.max_batch as usize;
+        let heads_per_kv_head = h
+            .steps
+            .iter()
+            .filter_map(|step| match step.kernel {
+                Kernel::Attention {
+                    n_head, n_kv_head, ..
+                }
+                | Kernel::AttentionProject {
+                    n_head, n_kv_head, ..
+                } => Some((n_head / n_kv_head) as usize),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(1);
         let scratch = (0..threads + 1)
-            .map(|_| std::sync::Mutex::new(matmul::Scratch::new(ctx)))
+            .map(|_| std::sync::Mutex::new(matmul::Scratch::new(ctx, heads_per_kv_head)))
             .collect();
         let mut matmul =
             matmul::MatMul::new(threads, max_k, max_batch, &matmul_types, h.activations).map_err(
@@ -738,31 +752,50 @@ impl<'p> Session<'p> {
         let k_cache = &self.kv[k_base..k_base + ctx * kv_row];
         let v_cache = &self.kv[v_base..v_base + ctx * kv_row];
         let group = h / heads.n_kv_head as usize;
+        // Items are (token, KV head, part of its query heads): each reads its KV head's rows
+        // once for all its heads, and a decoded token still has an item per thread.
+        let parts = self
+            .matmul
+            .threads()
+            .div_ceil(n_tokens * heads.n_kv_head as usize)
+            .clamp(1, group);
+        let per_part = group.div_ceil(parts);
+        let items_per_token = heads.n_kv_head as usize * parts;
         let (past, scratch) = (self.n_past, &self.scratch);
         let out = HeadRows(out.as_mut_ptr());
         let out = &out;
-        self.matmul.for_each(n_tokens * h, &|i, worker| {
-            let (t, head) = (i / h, i % h);
-            let pos = past + t;
-            let lo = heads
-                .window
-                .map_or(0, |w| (pos + 1).saturating_sub(w as usize));
-            let mut s = scratch[worker].lock().expect("not poisoned");
-            // SAFETY: item i is the only one writing head row i of the output.
-            let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(i * hd), hd) };
-            kernels::attend(
-                &q[i * hd..(i + 1) * hd],
-                k_cache,
-                v_cache,
-                o,
-                kv_row,
-                (head / group) * hd,
-                lo,
-                pos,
-                heads.scale,
-                &mut s.scores,
-            );
-        });
+        self.matmul
+            .for_each(n_tokens * items_per_token, &|i, worker| {
+                let (t, item) = (i / items_per_token, i % items_per_token);
+                let (kv_head, part) = (item / parts, item % parts);
+                let first = kv_head * group + part * per_part;
+                let count = per_part.min(((kv_head + 1) * group).saturating_sub(first));
+                if count == 0 {
+                    return;
+                }
+                let pos = past + t;
+                let lo = heads
+                    .window
+                    .map_or(0, |w| (pos + 1).saturating_sub(w as usize));
+                let mut s = scratch[worker].lock().expect("not poisoned");
+                let rows = (t * h + first) * hd..(t * h + first + count) * hd;
+                // SAFETY: item i is the only one writing these head rows of the output.
+                let o =
+                    unsafe { std::slice::from_raw_parts_mut(out.0.add(rows.start), rows.len()) };
+                kernels::attend(
+                    &q[rows],
+                    k_cache,
+                    v_cache,
+                    o,
+                    hd,
+                    kv_row,
+                    kv_head * hd,
+                    lo,
+                    pos,
+                    heads.scale,
+                    &mut s.scores,
+                );
+            });
     }
 
     /// Where a step of `n_tokens` stores its keys and values in the cache.
