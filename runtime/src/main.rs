@@ -127,6 +127,10 @@ enum Command {
         #[command(flatten)]
         exec: Exec,
     },
+    /// Prints whether a hardware GPU adapter exists ("hardware" or "none"): `--backend auto` asks
+    /// this of a child process.
+    #[command(hide = true)]
+    ProbeGpu,
 }
 
 /// Where to run: `auto` takes a hardware GPU when one is present (software adapters such as
@@ -196,11 +200,53 @@ fn load(path: &Path) -> anyhow::Result<Model> {
     Ok(Model { plan, tokenizer })
 }
 
-fn evaluator<'m>(model: &'m Model, exec: &Exec) -> anyhow::Result<Box<dyn Evaluator + 'm>> {
+/// Whether a hardware GPU adapter exists, asked of a child process (`llamart probe-gpu`) that
+/// starts with the command and answers while the plan loads: the driver stack a probe loads
+/// (lavapipe alone adds about 50 MiB) then never enters this process when the answer is the CPU,
+/// and its messages do not reach the user. Where the child cannot run, the probe runs here.
+struct GpuProbe(Option<std::process::Child>);
+
+impl GpuProbe {
+    fn start(command: &Command) -> Self {
+        let auto = match command {
+            Command::Run { exec, .. }
+            | Command::Logits { exec, .. }
+            | Command::Perplexity { exec, .. }
+            | Command::Bench { exec, .. } => exec.backend == Backend::Auto,
+            _ => false,
+        };
+        let child = auto
+            .then(|| {
+                let exe = std::env::current_exe().ok()?;
+                std::process::Command::new(exe)
+                    .arg("probe-gpu")
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .ok()
+            })
+            .flatten();
+        GpuProbe(child)
+    }
+
+    fn hardware(self) -> bool {
+        match self.0.map(std::process::Child::wait_with_output) {
+            Some(Ok(out)) if out.status.success() => out.stdout.starts_with(b"hardware"),
+            _ => llamart::gpu::probe().is_some_and(|a| !a.software),
+        }
+    }
+}
+
+fn evaluator<'m>(
+    model: &'m Model,
+    exec: &Exec,
+    probe: GpuProbe,
+) -> anyhow::Result<Box<dyn Evaluator + 'm>> {
     let gpu = match exec.backend {
         Backend::Cpu => false,
         Backend::Gpu => true,
-        Backend::Auto => llamart::gpu::probe().is_some_and(|a| !a.software),
+        Backend::Auto => probe.hardware(),
     };
     if gpu {
         let s = GpuSession::new(&model.plan)?;
@@ -230,7 +276,13 @@ fn out(text: &str) -> anyhow::Result<bool> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let probe = GpuProbe::start(&cli.command);
     match cli.command {
+        Command::ProbeGpu => {
+            let hardware = llamart::gpu::probe().is_some_and(|a| !a.software);
+            out(if hardware { "hardware\n" } else { "none\n" })?;
+            Ok(())
+        }
         Command::Run {
             plan,
             prompt,
@@ -270,7 +322,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if prompt_ids.len() >= ctx {
                 bail!("the prompt is {} tokens, but the plan's context holds {ctx} (compile with a larger --ctx)", prompt_ids.len());
             }
-            let mut s = evaluator(&model, &exec)?;
+            let mut s = evaluator(&model, &exec, probe)?;
             let load_seconds = seconds_since_start();
             let mut sampler = Sampler::new(params, n_vocab);
             let mut detok = Detokenizer::new(&model.tokenizer);
@@ -340,7 +392,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     h.limits.ctx
                 );
             }
-            let mut s = evaluator(&model, &exec)?;
+            let mut s = evaluator(&model, &exec, probe)?;
             let mut lines = String::new();
             eval::eval_all(
                 &mut *s,
@@ -386,7 +438,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .add_bos()
                 .then(|| model.tokenizer.bos())
                 .flatten();
-            let mut s = evaluator(&model, &exec)?;
+            let mut s = evaluator(&model, &exec, probe)?;
             let start = Instant::now();
             let r = eval::perplexity(
                 &mut *s,
@@ -432,7 +484,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if reps == 0 {
                 bail!("-r must be at least 1");
             }
-            let mut s = evaluator(&model, &exec)?;
+            let mut s = evaluator(&model, &exec, probe)?;
             let load_seconds = seconds_since_start();
             let r = llamart::bench::run(
                 &mut *s,
