@@ -1,7 +1,9 @@
 //! Matrix products `y[t] = W x[t]` over weights in their stored (quantized) format.
 //!
 //! For the types with a quantized kernel (see [`super::dot`]) the activations are quantized once
-//! per product to the weight type's 8-bit partner format, and the products are integer dot
+//! per product to the weight type's 8-bit partner format, in one or two terms as the plan says
+//! ([`Activations::terms`]; the second is the first's rounding residual, multiplied as an extra
+//! row of activations in the same pass over the weights), and the products are integer dot
 //! products on the blocks. The other types (f32, f16, bf16, Q2_K, Q3_K) are multiplied in f32,
 //! f16/bf16/Q2_K/Q3_K rows being dequantized first.
 //!
