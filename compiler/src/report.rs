@@ -39,6 +39,12 @@ pub struct Report {
     pub kv_bytes_per_token: u64,
     pub ctx: u32,
     pub max_batch: u32,
+    /// Memory a session holds when it decodes with the cache full (`ctx` tokens): the weights
+    /// (mapped, every page read per token), the arena (whole after any prefill chunk) and the KV
+    /// cache rows of `ctx` tokens. The KV cache and the arena are allocated zeroed and become
+    /// resident as they are written, so a shorter context holds `kv_bytes_per_token` less per
+    /// token. The runtime's own scratch (quantized activations, per-thread rows) comes on top.
+    pub resident_bytes_at_ctx: u64,
     /// `bandwidth / bytes_read_per_decode_token`, when a bandwidth was given.
     pub bandwidth_gbps: Option<f64>,
     pub roofline_tokens_per_second: Option<f64>,
@@ -63,6 +69,7 @@ pub fn report(
         attention_flops_per_cached_token += per_cached;
     }
     let bytes_read = header.bytes_read_per_decode_token();
+    let weight_bytes = header.weights.iter().map(|w| w.bytes).sum::<u64>();
 
     let layer_of =
         |name: &str| -> Option<u32> { name.strip_prefix("blk.")?.split('.').next()?.parse().ok() };
@@ -85,13 +92,14 @@ pub fn report(
         dispatches_per_prefill_chunk: dispatches,
         dispatches_per_layer: per_layer.values().copied().max().unwrap_or(0),
         dispatches_outside_layers: outside,
-        weight_bytes: header.weights.iter().map(|w| w.bytes).sum(),
+        weight_bytes,
         bytes_read_per_decode_token: bytes_read,
         flops_per_decode_token: flops,
         attention_flops_per_cached_token,
         arena_bytes: header.arena.bytes,
         kv_bytes: header.kv.bytes,
         kv_bytes_per_token: header.kv.bytes / u64::from(ctx.max(1)),
+        resident_bytes_at_ctx: weight_bytes + header.arena.bytes + header.kv.bytes,
         ctx,
         max_batch: header.limits.max_batch,
         bandwidth_gbps,
@@ -194,7 +202,8 @@ impl Report {
              ops: {} steps ({ops}); {} GPU kernels\n\
              dispatches: {} per decode token, {} per prefill chunk, {} per layer (most), {} outside the layers\n\
              weights: {:.1} MiB; read per decode token: {:.1} MiB ({:.3}x the weights); {:.1} MFLOP per decode token (+{} FLOP per cached token)\n\
-             arena: {:.1} MiB; KV cache: {:.1} MiB for {} tokens ({} bytes per token); batch {}\n",
+             arena: {:.1} MiB; KV cache: {:.1} MiB for {} tokens ({} bytes per token); batch {}\n\
+             resident when decoding with the cache full: {:.1} MiB (weights, arena, KV cache; {} bytes less per token short of {})\n",
             self.passes.join(", "),
             self.steps,
             self.gpu_kernels,
@@ -212,6 +221,9 @@ impl Report {
             self.ctx,
             self.kv_bytes_per_token,
             self.max_batch,
+            mib(self.resident_bytes_at_ctx),
+            self.kv_bytes_per_token,
+            self.ctx,
         );
         if let (Some(gbps), Some(tps)) = (self.bandwidth_gbps, self.roofline_tokens_per_second) {
             out += &format!(

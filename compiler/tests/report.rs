@@ -65,6 +65,10 @@ fn smollm2_report_adds_up() {
     let roofline = r.roofline_tokens_per_second.unwrap();
     assert!((roofline - 50e9 / r.bytes_read_per_decode_token as f64).abs() < 1e-6);
     assert_eq!(r.kv_bytes_per_token * u64::from(r.ctx), r.kv_bytes);
+    assert_eq!(
+        r.resident_bytes_at_ctx,
+        r.weight_bytes + r.arena_bytes + r.kv_bytes
+    );
 }
 
 fn llamac(args: &[&str]) -> (i32, String) {
@@ -96,7 +100,9 @@ fn report_json_has_the_keys_scripts_read() {
     ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
-        stderr.contains("dispatches:") && stderr.contains("roofline:"),
+        stderr.contains("dispatches:")
+            && stderr.contains("roofline:")
+            && stderr.contains("resident when decoding"),
         "{stderr}"
     );
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
@@ -108,6 +114,7 @@ fn report_json_has_the_keys_scripts_read() {
         "flops_per_decode_token",
         "arena_bytes",
         "kv_bytes",
+        "resident_bytes_at_ctx",
     ] {
         assert!(v[key].as_u64().is_some_and(|n| n > 0), "{key}: {}", v[key]);
     }
