@@ -51,7 +51,7 @@ fn random_weight(rng: &mut Rng, ty: GgmlType, k: u64, rows: u64) -> Vec<u8> {
                     GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => {
                         scale(&mut b, 0, 0.05 * rng.f32())
                     }
-                    GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K => {
+                    GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => {
                         scale(&mut b, 0, 0.05 * rng.f32());
                         scale(&mut b, 2, 0.05 * rng.f32());
                     }
@@ -301,7 +301,7 @@ fn compare_steps(label: &str, path: &std::path::Path, steps: &[&[u32]]) {
     }
 }
 
-const QUANT_TYPES: [GgmlType; 10] = [
+const QUANT_TYPES: [GgmlType; 11] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -311,6 +311,7 @@ const QUANT_TYPES: [GgmlType; 10] = [
     GgmlType::Q5_1,
     GgmlType::Q8_0,
     GgmlType::Q4_K,
+    GgmlType::Q5_K,
     GgmlType::Q6_K,
 ];
 
@@ -713,6 +714,7 @@ fn fused_products_with_every_prologue_and_epilogue() {
         GgmlType::F32,
         GgmlType::Q4_1,
         GgmlType::Q4_K,
+        GgmlType::Q5_K,
         GgmlType::Q6_K,
     ] {
         let k = 2 * ty.block_len().max(64) as u32;
