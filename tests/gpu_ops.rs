@@ -56,6 +56,11 @@ fn random_weight(rng: &mut Rng, ty: GgmlType, k: u64, rows: u64) -> Vec<u8> {
                         scale(&mut b, 2, 0.05 * rng.f32());
                     }
                     GgmlType::Q6_K => scale(&mut b, 208, 0.01 * rng.f32()),
+                    GgmlType::Q2_K => {
+                        scale(&mut b, 80, 0.05 * rng.f32());
+                        scale(&mut b, 82, 0.05 * rng.f32());
+                    }
+                    GgmlType::Q3_K => scale(&mut b, 108, 0.01 * rng.f32()),
                     other => unreachable!("no generator for {other}"),
                 }
                 out.extend(b);
@@ -301,7 +306,7 @@ fn compare_steps(label: &str, path: &std::path::Path, steps: &[&[u32]]) {
     }
 }
 
-const QUANT_TYPES: [GgmlType; 11] = [
+const QUANT_TYPES: [GgmlType; 13] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -310,6 +315,8 @@ const QUANT_TYPES: [GgmlType; 11] = [
     GgmlType::Q5_0,
     GgmlType::Q5_1,
     GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
     GgmlType::Q4_K,
     GgmlType::Q5_K,
     GgmlType::Q6_K,
@@ -713,6 +720,8 @@ fn fused_products_with_every_prologue_and_epilogue() {
     for ty in [
         GgmlType::F32,
         GgmlType::Q4_1,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
         GgmlType::Q4_K,
         GgmlType::Q5_K,
         GgmlType::Q6_K,

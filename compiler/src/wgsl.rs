@@ -93,6 +93,8 @@ fn weight_decoder(ty: GgmlType) -> Option<&'static str> {
         GgmlType::Q5_0 => include_str!("../../shaders/weights/q5_0.wgsl"),
         GgmlType::Q5_1 => include_str!("../../shaders/weights/q5_1.wgsl"),
         GgmlType::Q8_0 => include_str!("../../shaders/weights/q8_0.wgsl"),
+        GgmlType::Q2_K => include_str!("../../shaders/weights/q2_k.wgsl"),
+        GgmlType::Q3_K => include_str!("../../shaders/weights/q3_k.wgsl"),
         GgmlType::Q4_K => include_str!("../../shaders/weights/q4_k.wgsl"),
         GgmlType::Q5_K => include_str!("../../shaders/weights/q5_k.wgsl"),
         GgmlType::Q6_K => include_str!("../../shaders/weights/q6_k.wgsl"),
