@@ -8,7 +8,7 @@
 //!
 //! Three implementations share one interface, a [`TileFn`] per weight type that multiplies a run
 //! of weight rows with every token's activations, and for the legacy types a [`PackedFn`] that
-//! does the same on rows re-laid at load (see [`pack`]), which is much cheaper per block:
+//! does the same on rows the compiler interleaved (see [`pack`]), which is much cheaper per block:
 //!
 //! - [`portable`]: plain Rust, the reference the SIMD versions are tested against (no packed
 //!   kernels);
