@@ -82,22 +82,23 @@ fn shader(name: &str) -> &'static str {
     }
 }
 
-/// The decoder of a weight type, if the GPU reads it.
-fn weight_decoder(ty: GgmlType) -> Option<&'static str> {
+/// The decoder of a weight type, if the GPU reads it: the WGSL parts to concatenate.
+fn weight_decoder(ty: GgmlType) -> Option<&'static [&'static str]> {
+    const K_SCALE_MIN: &str = include_str!("../../shaders/weights/k_scale_min.wgsl");
     Some(match ty {
-        GgmlType::F32 => include_str!("../../shaders/weights/f32.wgsl"),
-        GgmlType::F16 => include_str!("../../shaders/weights/f16.wgsl"),
-        GgmlType::BF16 => include_str!("../../shaders/weights/bf16.wgsl"),
-        GgmlType::Q4_0 => include_str!("../../shaders/weights/q4_0.wgsl"),
-        GgmlType::Q4_1 => include_str!("../../shaders/weights/q4_1.wgsl"),
-        GgmlType::Q5_0 => include_str!("../../shaders/weights/q5_0.wgsl"),
-        GgmlType::Q5_1 => include_str!("../../shaders/weights/q5_1.wgsl"),
-        GgmlType::Q8_0 => include_str!("../../shaders/weights/q8_0.wgsl"),
-        GgmlType::Q2_K => include_str!("../../shaders/weights/q2_k.wgsl"),
-        GgmlType::Q3_K => include_str!("../../shaders/weights/q3_k.wgsl"),
-        GgmlType::Q4_K => include_str!("../../shaders/weights/q4_k.wgsl"),
-        GgmlType::Q5_K => include_str!("../../shaders/weights/q5_k.wgsl"),
-        GgmlType::Q6_K => include_str!("../../shaders/weights/q6_k.wgsl"),
+        GgmlType::F32 => &[include_str!("../../shaders/weights/f32.wgsl")],
+        GgmlType::F16 => &[include_str!("../../shaders/weights/f16.wgsl")],
+        GgmlType::BF16 => &[include_str!("../../shaders/weights/bf16.wgsl")],
+        GgmlType::Q4_0 => &[include_str!("../../shaders/weights/q4_0.wgsl")],
+        GgmlType::Q4_1 => &[include_str!("../../shaders/weights/q4_1.wgsl")],
+        GgmlType::Q5_0 => &[include_str!("../../shaders/weights/q5_0.wgsl")],
+        GgmlType::Q5_1 => &[include_str!("../../shaders/weights/q5_1.wgsl")],
+        GgmlType::Q8_0 => &[include_str!("../../shaders/weights/q8_0.wgsl")],
+        GgmlType::Q2_K => &[include_str!("../../shaders/weights/q2_k.wgsl")],
+        GgmlType::Q3_K => &[include_str!("../../shaders/weights/q3_k.wgsl")],
+        GgmlType::Q4_K => &[K_SCALE_MIN, include_str!("../../shaders/weights/q4_k.wgsl")],
+        GgmlType::Q5_K => &[K_SCALE_MIN, include_str!("../../shaders/weights/q5_k.wgsl")],
+        GgmlType::Q6_K => &[include_str!("../../shaders/weights/q6_k.wgsl")],
         _ => return None,
     })
 }
@@ -135,8 +136,9 @@ fn prelude(weight: Option<GgmlType>, consts: &[(&str, Const)]) -> String {
     src.push_str(shader("common"));
     if let Some(ty) = weight {
         src.push_str(include_str!("../../shaders/weights/bytes.wgsl"));
-        let decoder = weight_decoder(ty).expect("checked by the caller");
-        src.push_str(decoder);
+        for part in weight_decoder(ty).expect("checked by the caller") {
+            src.push_str(part);
+        }
     }
     src
 }

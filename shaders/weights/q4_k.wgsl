@@ -1,14 +1,5 @@
 // block_q4_K (144 bytes): d f16, dmin f16, 12 bytes of packed 6-bit scales and mins, 128 bytes of
 // nibbles. Values come in 4 groups of 64: the low nibbles of 32 bytes, then their high nibbles.
-fn scale_min_k4(base: u32, j: u32) -> vec2<u32> {
-    if (j < 4u) {
-        return vec2<u32>(wbyte(base + 4u + j) & 63u, wbyte(base + 8u + j) & 63u);
-    }
-    let s = (wbyte(base + 8u + j) & 15u) | ((wbyte(base + j) >> 6u) << 4u);
-    let m = (wbyte(base + 8u + j) >> 4u) | ((wbyte(base + 4u + j) >> 6u) << 4u);
-    return vec2<u32>(s, m);
-}
-
 fn weight(r: u32, i: u32) -> f32 {
     let base = r * ROW_BYTES + (i / 256u) * 144u;
     let k = i % 256u;

@@ -2,15 +2,6 @@
 // 32 bytes of fifth bits, 128 bytes of nibbles. Values come in 4 groups of 64: the low nibbles of
 // 32 bytes, then their high nibbles; bit 2g of fifth-bit byte l belongs to value 64g + l, bit
 // 2g + 1 to value 64g + 32 + l.
-fn scale_min_k4(base: u32, j: u32) -> vec2<u32> {
-    if (j < 4u) {
-        return vec2<u32>(wbyte(base + 4u + j) & 63u, wbyte(base + 8u + j) & 63u);
-    }
-    let s = (wbyte(base + 8u + j) & 15u) | ((wbyte(base + j) >> 6u) << 4u);
-    let m = (wbyte(base + 8u + j) >> 4u) | ((wbyte(base + 4u + j) >> 6u) << 4u);
-    return vec2<u32>(s, m);
-}
-
 fn weight(r: u32, i: u32) -> f32 {
     let base = r * ROW_BYTES + (i / 256u) * 176u;
     let k = i % 256u;
