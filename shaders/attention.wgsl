@@ -7,11 +7,10 @@
 // Dimensions go four at a time, which also keeps every loop short: lavapipe stops a shader after
 // 65535 loop iterations in all, and a block costs about 200 of them here.
 // Constants: N_HEAD, N_KV_HEAD, HEAD_DIM (a multiple of 4), SCALE, WINDOW (0 = attend to every
-// earlier position), TILE. `attend` leaves the outputs in `tile`; the entry point and what happens
-// to them are the variant's: attention_store.wgsl or attention_project.wgsl.
+// earlier position), TILE. The cache (bindings 2 and 3) is read through `k_load4` and `v_load4`
+// of its element type's kv/*.wgsl. `attend` leaves the outputs in `tile`; the entry point and
+// what happens to them are the variant's: attention_store.wgsl or attention_project.wgsl.
 @group(0) @binding(1) var<storage, read_write> q: array<f32>;
-@group(0) @binding(2) var<storage, read_write> k_cache: array<f32>;
-@group(0) @binding(3) var<storage, read_write> v_cache: array<f32>;
 
 const BLOCK: u32 = 64u;
 // Groups of four dimensions, and how many of them each invocation accumulates.
@@ -30,14 +29,6 @@ var<workgroup> probs: array<vec4<f32>, 2u * BLOCK>;
 var<workgroup> running_max: array<vec4<f32>, 2>;
 var<workgroup> running_sum: array<vec4<f32>, 2>;
 var<workgroup> rescale: array<vec4<f32>, 2>;
-
-fn key4(at: u32) -> vec4<f32> {
-    return vec4<f32>(k_cache[at], k_cache[at + 1u], k_cache[at + 2u], k_cache[at + 3u]);
-}
-
-fn value4(at: u32) -> vec4<f32> {
-    return vec4<f32>(v_cache[at], v_cache[at + 1u], v_cache[at + 2u], v_cache[at + 3u]);
-}
 
 // Which tokens of quad `quad` (the tile's first token at position `first`) see key `j`.
 fn seen(j: u32, first: u32, quad: u32) -> vec4<bool> {
@@ -117,11 +108,6 @@ fn attend(h: u32, t0: u32, tiles: u32, lid: u32) {
     workgroupBarrier();
 }
 
-// Where row j of the cache's values for the KV head that starts at column `kv_col` starts.
-fn kv_at(j: u32, kv_col: u32) -> u32 {
-    return j * N_KV_HEAD * HEAD_DIM + kv_col;
-}
-
 fn attend_tile(first: u32, last: u32, lo: u32, kv_col: u32, lid: u32) {
     var acc: array<mat4x4<f32>, 2u * GROUPS>;
     for (var b = lo; b <= last; b += BLOCK) {
@@ -129,9 +115,8 @@ fn attend_tile(first: u32, last: u32, lo: u32, kv_col: u32, lid: u32) {
         var s0 = vec4<f32>(0.0);
         var s1 = vec4<f32>(0.0);
         if (j <= last) {
-            let kb = kv_at(j, kv_col);
             for (var d4 = 0u; d4 < D4; d4++) {
-                let k = key4(kb + 4u * d4);
+                let k = k_load4(j, kv_col + 4u * d4);
                 let d = 8u * d4;
                 s0 += tile[d] * k.x + tile[d + 2u] * k.y + tile[d + 4u] * k.z + tile[d + 6u] * k.w;
                 s1 += tile[d + 1u] * k.x + tile[d + 3u] * k.y + tile[d + 5u] * k.z + tile[d + 7u] * k.w;
@@ -148,7 +133,7 @@ fn attend_tile(first: u32, last: u32, lo: u32, kv_col: u32, lid: u32) {
                 var a0 = scale_columns(acc[2u * g], rescale[0]);
                 var a1 = scale_columns(acc[2u * g + 1u], rescale[1]);
                 for (var i = 0u; i < keys; i++) {
-                    let v = value4(kv_at(b + i, kv_col) + 4u * d4);
+                    let v = v_load4(b + i, kv_col + 4u * d4);
                     a0 = accumulate(a0, probs[2u * i], v);
                     a1 = accumulate(a1, probs[2u * i + 1u], v);
                 }
@@ -179,11 +164,10 @@ fn attend_one(first: u32, lo: u32, kv_col: u32, lid: u32) {
         let j = b + lid;
         var s = 0.0;
         if (j <= first) {
-            let kb = kv_at(j, kv_col);
             for (var d4 = 0u; d4 < D4; d4++) {
                 let d = 8u * d4;
                 let q4 = vec4<f32>(tile[d].x, tile[d + 2u].x, tile[d + 4u].x, tile[d + 6u].x);
-                s += dot(q4, key4(kb + 4u * d4));
+                s += dot(q4, k_load4(j, kv_col + 4u * d4));
             }
         }
         probs[2u * lid] = select(vec4<f32>(MASKED), vec4<f32>(s * SCALE), seen(j, first, 0u));
@@ -196,7 +180,7 @@ fn attend_one(first: u32, lo: u32, kv_col: u32, lid: u32) {
             if (d4 < D4) {
                 var a = acc[g] * rescale[0].x;
                 for (var i = 0u; i < keys; i++) {
-                    a += probs[2u * i].x * value4(kv_at(b + i, kv_col) + 4u * d4);
+                    a += probs[2u * i].x * v_load4(b + i, kv_col + 4u * d4);
                 }
                 acc[g] = a;
             }

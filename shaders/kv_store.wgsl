@@ -1,17 +1,18 @@
-// Appends the step's keys and values (rows of ROW values) to a layer's cache at n_past + t.
+// Appends the step's keys and values (rows of KV_ROW values, KV_ROW even) to a layer's cache at
+// n_past + t, two values per invocation, through `k_store2` and `v_store2` of the cache's element
+// type (kv/f32.wgsl, kv/f16.wgsl), whose bindings 3 and 4 the compiler declares.
 @group(0) @binding(1) var<storage, read_write> k: array<f32>;
 @group(0) @binding(2) var<storage, read_write> v: array<f32>;
-@group(0) @binding(3) var<storage, read_write> k_cache: array<f32>;
-@group(0) @binding(4) var<storage, read_write> v_cache: array<f32>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let e = gid.x;
+    let e = 2u * gid.x;
     let t = gid.y;
-    if (e >= ROW || t >= params.n_tokens) {
+    if (e >= KV_ROW || t >= params.n_tokens) {
         return;
     }
-    let at = (params.n_past + t) * ROW + e;
-    k_cache[at] = k[t * ROW + e];
-    v_cache[at] = v[t * ROW + e];
+    let j = params.n_past + t;
+    let at = t * KV_ROW + e;
+    k_store2(j, e, k[at], k[at + 1u]);
+    v_store2(j, e, v[at], v[at + 1u]);
 }

@@ -25,6 +25,17 @@ fn f32_activation_logits_are_inside_the_envelope() {
     check_teacher_forced(&plan, MODEL);
 }
 
+/// The KV cache choices other than the default f16 meet the same envelope: `q8_0` (about a
+/// quarter of f32's bytes) and `f32`.
+#[test]
+fn q8_0_and_f32_cache_logits_are_inside_the_envelope() {
+    for kv in ["q8_0", "f32"] {
+        let plan = LoadedPlan::open(&compiled_plan(MODEL, &["--kv-type", kv])).unwrap();
+        assert_eq!(plan.header.kv.ty.to_string(), kv);
+        check_teacher_forced(&plan, MODEL);
+    }
+}
+
 #[test]
 fn perplexity_is_within_half_a_percent_of_hf() {
     check_perplexity(

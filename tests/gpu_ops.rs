@@ -340,28 +340,11 @@ fn matmul_and_embed_for_every_weight_type_and_odd_shapes() {
             let y = b.op(Kernel::MatMul { k, n }, vec![x, w], n);
             compare(
                 &format!("matmul {ty} k={k} n={n}"),
-                &b.finish(
-                    y,
-                    n,
-                    KvLayout {
-                        bytes: 0,
-                        layers: vec![],
-                    },
-                ),
+                &b.finish(y, n, no_kv()),
             );
 
             let (b, out) = Builder::embedding(7 + u64::from(k), ty, k);
-            compare(
-                &format!("embed {ty} n={k}"),
-                &b.finish(
-                    out,
-                    k,
-                    KvLayout {
-                        bytes: 0,
-                        layers: vec![],
-                    },
-                ),
-            );
+            compare(&format!("embed {ty} n={k}"), &b.finish(out, k, no_kv()));
         }
     }
 }
@@ -371,10 +354,7 @@ fn elementwise_norm_and_rope_kernels() {
     if !gpu_available() {
         return;
     }
-    let none = || KvLayout {
-        bytes: 0,
-        layers: vec![],
-    };
+    let none = no_kv;
     for n in [1u32, 37, 64, 200] {
         for (name, kernel) in [
             (
@@ -481,18 +461,24 @@ fn attention_with_grouped_heads_windows_and_a_growing_cache() {
         (9, 3, 64, None),
         (4, 1, 256, Some(3)),
         (2, 2, 20, Some(1)),
+        (4, 2, 32, Some(2)),
     ] {
-        let mut b = Builder::new(u64::from(n_head * head_dim));
-        let q = b.input(n_head * head_dim);
-        let k = b.input(n_kv_head * head_dim);
-        let v = b.input(n_kv_head * head_dim);
-        let kv = one_layer_kv(16, n_kv_head, head_dim);
-        let kernel = attention(n_head, n_kv_head, head_dim, window, true);
-        let out = b.op(kernel, vec![q, k, v], n_head * head_dim);
-        compare(
-            &format!("attention {n_head}/{n_kv_head}x{head_dim} window {window:?}"),
-            &b.finish(out, n_head * head_dim, kv),
-        );
+        for ty in [KvType::F16, KvType::F32, KvType::Q8_0] {
+            if ty.supports(n_kv_head, head_dim).is_err() {
+                continue;
+            }
+            let mut b = Builder::new(u64::from(n_head * head_dim));
+            let q = b.input(n_head * head_dim);
+            let k = b.input(n_kv_head * head_dim);
+            let v = b.input(n_kv_head * head_dim);
+            let kv = one_layer_kv(16, n_kv_head, head_dim, ty);
+            let kernel = attention(n_head, n_kv_head, head_dim, window, true);
+            let out = b.op(kernel, vec![q, k, v], n_head * head_dim);
+            compare(
+                &format!("attention {n_head}/{n_kv_head}x{head_dim} window {window:?} {ty} cache"),
+                &b.finish(out, n_head * head_dim, kv),
+            );
+        }
     }
 }
 
@@ -515,19 +501,19 @@ fn attention_across_key_blocks_and_token_tiles() {
         at += len;
     }
     let ctx = 2048;
-    for (n_head, n_kv_head, head_dim, window, project) in [
-        (4u32, 1u32, 256u32, None, false),
-        (4, 1, 256, Some(512), false),
-        (9, 3, 64, None, false),
-        (4, 1, 256, Some(70), false),
-        (2, 2, 20, Some(5), false),
-        (9, 3, 64, Some(100), true),
+    for (n_head, n_kv_head, head_dim, window, project, ty) in [
+        (4u32, 1u32, 256u32, None, false, KvType::F16),
+        (4, 1, 256, Some(512), false, KvType::F16),
+        (9, 3, 64, None, false, KvType::Q8_0),
+        (4, 1, 256, Some(70), false, KvType::F32),
+        (2, 2, 20, Some(5), false, KvType::F16),
+        (9, 3, 64, Some(100), true, KvType::F16),
     ] {
         let mut b = Builder::with_limits(u64::from(head_dim) + 7, ctx, 128);
         let q = b.input(n_head * head_dim);
         let k = b.input(n_kv_head * head_dim);
         let v = b.input(n_kv_head * head_dim);
-        let kv = one_layer_kv(ctx, n_kv_head, head_dim);
+        let kv = one_layer_kv(ctx, n_kv_head, head_dim, ty);
         let kernel = |append| attention(n_head, n_kv_head, head_dim, window, append);
         let width = n_head * head_dim;
         let (out, n_out) = if project {
@@ -564,7 +550,7 @@ fn attention_across_key_blocks_and_token_tiles() {
         };
         compare_steps(
             &format!(
-                "attention {n_head}/{n_kv_head}x{head_dim} window {window:?} project {project}"
+                "attention {n_head}/{n_kv_head}x{head_dim} window {window:?} project {project} {ty} cache"
             ),
             &b.finish(out, n_out, kv),
             &steps,
@@ -664,7 +650,7 @@ fn attention_heads_of_odd_size_are_refused_at_compile_time() {
     let v = b.input(6);
     let kernel = attention(2, 1, 6, None, true);
     let y = b.op(kernel, vec![q, k, v], 2 * 6);
-    let header = b.header(y, 2 * 6, one_layer_kv(16, 1, 6));
+    let header = b.header(y, 2 * 6, one_layer_kv(16, 1, 6, KvType::F16));
     let err = llamac::wgsl::gpu_section(&header).unwrap_err().to_string();
     assert!(err.contains("6 is not a multiple of 4"), "{err}");
 }
@@ -689,11 +675,13 @@ fn attention(
     }
 }
 
-/// A KV cache of one layer and `ctx` positions.
-fn one_layer_kv(ctx: u32, n_kv_head: u32, head_dim: u32) -> KvLayout {
-    let region = (u64::from(ctx * n_kv_head * head_dim) * 4).div_ceil(256) * 256;
+/// A KV cache of one layer and `ctx` positions stored as `ty`.
+fn one_layer_kv(ctx: u32, n_kv_head: u32, head_dim: u32, ty: KvType) -> KvLayout {
+    let row = ty.row_bytes((n_kv_head * head_dim) as usize) as u64;
+    let region = (u64::from(ctx) * row).div_ceil(256) * 256;
     KvLayout {
         bytes: 2 * region,
+        ty,
         layers: vec![KvLayer {
             k_offset: 0,
             v_offset: region,
@@ -706,6 +694,7 @@ fn one_layer_kv(ctx: u32, n_kv_head: u32, head_dim: u32) -> KvLayout {
 fn no_kv() -> KvLayout {
     KvLayout {
         bytes: 0,
+        ty: KvType::F16,
         layers: vec![],
     }
 }
@@ -783,9 +772,10 @@ fn fused_products_with_every_prologue_and_epilogue() {
                 let y = b.op(glu, ins, n / 2);
                 compare(&label(&format!("glu {op:?}")), &b.finish(y, n / 2, no_kv()));
             }
-            for (n_head, n_kv_head, head_dim, n_rot, neox, bias) in [
-                (4u32, 2u32, 16u32, 16u32, false, false),
-                (3, 1, 32, 16, true, true),
+            for (n_head, n_kv_head, head_dim, n_rot, neox, bias, kv_type) in [
+                (4u32, 2u32, 16u32, 16u32, false, false, KvType::F16),
+                (3, 1, 32, 16, true, true, KvType::F16),
+                (2, 1, 16, 8, true, false, KvType::F32),
             ] {
                 let n = (n_head + 2 * n_kv_head) * head_dim;
                 let mut b = Builder::new(u64::from(k + n));
@@ -795,7 +785,7 @@ fn fused_products_with_every_prologue_and_epilogue() {
                 if bias {
                     ins.push(b.weight(GgmlType::F32, &[n.into()]));
                 }
-                let kv = one_layer_kv(16, n_kv_head, head_dim);
+                let kv = one_layer_kv(16, n_kv_head, head_dim, kv_type);
                 let qkv = Kernel::FusedMatMul {
                     k,
                     n,
@@ -827,7 +817,7 @@ fn fused_products_with_every_prologue_and_epilogue() {
                 let y = b.op(attention, vec![q], n_head * head_dim);
                 compare(
                     &label(&format!(
-                        "rope_kv {n_head}/{n_kv_head}x{head_dim} rot {n_rot} neox {neox} bias {bias}"
+                        "rope_kv {n_head}/{n_kv_head}x{head_dim} rot {n_rot} neox {neox} bias {bias} {kv_type} cache"
                     )),
                     &b.finish(y, n_head * head_dim, kv.clone()),
                 );
@@ -913,15 +903,7 @@ fn weights_split_across_bindings_give_the_same_result() {
         let x = b.input(k);
         let w = b.weight(ty, &[k.into(), n.into()]);
         let y = b.op(Kernel::MatMul { k, n }, vec![x, w], n);
-        let path = b.finish_with_max_binding(
-            y,
-            n,
-            KvLayout {
-                bytes: 0,
-                layers: vec![],
-            },
-            max_binding,
-        );
+        let path = b.finish_with_max_binding(y, n, no_kv(), max_binding);
         let plan = LoadedPlan::open(&path).unwrap();
         let parts = plan
             .header
@@ -946,15 +928,7 @@ fn weights_split_across_bindings_give_the_same_result() {
         let (b, out) = Builder::embedding(12, ty, k);
         compare(
             &format!("split embed {ty}"),
-            &b.finish_with_max_binding(
-                out,
-                k,
-                KvLayout {
-                    bytes: 0,
-                    layers: vec![],
-                },
-                max_binding,
-            ),
+            &b.finish_with_max_binding(out, k, no_kv(), max_binding),
         );
 
         // A fused head (norm prologue, residual epilogue) split the same way.

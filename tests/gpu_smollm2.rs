@@ -1,10 +1,10 @@
 //! SmolLM2 replayed on the GPU (lavapipe in CI): inside the golden envelope, within KL 1e-4 of
 //! the CPU, the same greedy tokens, and the top-k kernel agreeing with the full logits.
 //!
-//! The CPU-vs-GPU comparisons compile the plan with `--activations f32`: with the default `q8`
-//! the CPU rounds the activations of Q4_1/Q8_0 products to 8 bits, as llama.cpp does, while the
-//! GPU path always multiplies f32, and the two differ by that rounding noise (KL about 5e-4).
-//! With f32 activations both backends compute the same function.
+//! The CPU-vs-GPU comparisons compile the plan with `--activations f32`: by default the CPU
+//! rounds the activations of Q4_1/Q8_0 products to two 8-bit terms, while the GPU path always
+//! multiplies f32, and the two differ by that rounding. With f32 activations both backends compute
+//! the same function (both round the KV cache to f16).
 
 use llama_e2e::*;
 use llamart::cpu::Session;
@@ -108,4 +108,16 @@ fn gpu_top_k_candidates_equal_the_full_row() {
             (1, 1, (2 * k as u64 + 1) * 4)
         );
     }
+}
+
+/// The q8_0 cache on the GPU (quantized by its own store kernel, read by the attention kernel):
+/// one golden case inside the envelope.
+#[test]
+fn gpu_q8_0_cache_logits_are_inside_the_envelope() {
+    if !gpu_available() {
+        return;
+    }
+    let plan = LoadedPlan::open(&compiled_plan(MODEL, &["--kv-type", "q8_0"])).unwrap();
+    let mut gpu = GpuSession::new(&plan).unwrap();
+    check_teacher_forced_cases_on(&mut gpu, &plan, MODEL, &["capital"], |_, _| {});
 }

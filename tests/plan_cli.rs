@@ -125,8 +125,9 @@ fn inspect_prints_the_readable_header() {
     let (code, stdout, stderr) = llamart(&["inspect", plan.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
     for needle in [
-        "format_version: 5",
-        "activations: Auto",
+        "format_version: 6",
+        "activations: Q8x2",
+        "ty: F16",
         "architecture: \"llama\"",
         "steps: [",
         "FusedMatMul(",

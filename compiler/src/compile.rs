@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use crate::gguf::GgufFile;
 use crate::passes::{PassSet, PipelineOptions};
-use llamart::plan::Activations;
+use llamart::plan::{Activations, KvType};
 
 #[derive(Clone, Copy, Debug)]
 pub struct CompileOptions {
@@ -16,6 +16,8 @@ pub struct CompileOptions {
     pub max_batch: u32,
     /// How the plan's matrix products take their activations.
     pub activations: Activations,
+    /// How the KV cache stores its values.
+    pub kv_type: KvType,
     /// Memory bandwidth for the report's roofline, GB/s.
     pub bandwidth_gbps: Option<f64>,
     /// Optional passes not to run.
@@ -36,6 +38,7 @@ pub struct CompileSummary {
     pub arena_bytes: u64,
     pub arena_unshared_bytes: u64,
     pub kv_bytes: u64,
+    pub kv_type: KvType,
     pub plan_bytes: u64,
     pub ctx: u32,
     pub max_batch: u32,
@@ -70,6 +73,7 @@ pub fn compile(
         ctx,
         max_batch: options.max_batch.min(ctx),
         disabled: options.disabled,
+        kv_type: options.kv_type,
     };
     let compiled = crate::passes::run_pipeline(graph, &file, pipeline)?;
     let emitted = crate::emit::emit(&compiled, &file, &hp, pipeline, options.activations)?;
@@ -96,6 +100,7 @@ pub fn compile(
         arena_bytes: compiled.memory.arena_bytes,
         arena_unshared_bytes: compiled.memory.unshared_bytes,
         kv_bytes: compiled.kv.bytes,
+        kv_type: compiled.kv.ty,
         plan_bytes,
         ctx,
         max_batch: pipeline.max_batch,

@@ -44,13 +44,19 @@ enum Command {
         #[arg(long, num_args = 1..=2, value_names = ["KIND", "DIR"])]
         emit: Vec<String>,
         /// How matrix products take their activations on the CPU (the GPU always multiplies
-        /// f32): `auto` rounds them to 8 bits for Q4_0/Q4_1/Q5_1/Q8_0 weights, as llama.cpp does,
-        /// and adds the rounding residual as a second 8-bit term for Q5_0 and the K-quants, all
-        /// with integer dot products; `q8` takes one 8-bit term for every type (llama.cpp's
-        /// arithmetic: fastest, with its rounding noise); `q8x2` two for every type; `f32` keeps
-        /// them in f32, so the CPU and the GPU compute the same function.
-        #[arg(long, default_value = "auto", value_parser = llamart::plan::Activations::NAMES)]
+        /// f32): `q8x2` rounds them to 8 bits as llama.cpp does and adds the rounding residual as
+        /// a second 8-bit term, both multiplied with integer dot products (about 15-bit
+        /// activations); `q8` takes the one 8-bit term (llama.cpp's arithmetic: fastest, with its
+        /// rounding noise); `f32` keeps them in f32, so the CPU and the GPU compute the same
+        /// function. Weight types without an integer kernel always multiply f32.
+        #[arg(long, default_value = "q8x2", value_parser = llamart::plan::Activations::NAMES)]
         activations: String,
+        /// How the KV cache stores keys and values, on both backends: `f16` (llama.cpp's default;
+        /// half the bytes of `f32`), `f32`, or `q8_0` (8-bit blocks of 32 with an f16 scale, about
+        /// a quarter of `f32`; its keys and values go through a store step, so the QKV fusion
+        /// does not run).
+        #[arg(long = "kv-type", default_value = "f16", value_parser = llamart::plan::KvType::NAMES)]
+        kv_type: String,
         /// Memory bandwidth in GB/s: the report then gives the decode roofline, tokens/s.
         #[arg(long, value_name = "GBPS")]
         bandwidth: Option<f64>,
@@ -97,6 +103,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             batch,
             emit,
             activations,
+            kv_type,
             bandwidth,
             report_json,
             disable_pass,
@@ -124,6 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ctx,
                 max_batch: batch,
                 activations: activations.parse().map_err(anyhow::Error::msg)?,
+                kv_type: kv_type.parse().map_err(anyhow::Error::msg)?,
                 bandwidth_gbps: bandwidth,
                 disabled,
             };
@@ -135,6 +143,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         ctx: summary.ctx,
                         max_batch: summary.max_batch,
                         disabled,
+                        kv_type: summary.kv_type,
                     };
                     write_stdout(&if kind == "dot" {
                         llamac::compile::graph_dot(&file, pipeline)?
@@ -172,7 +181,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mib = |b: u64| b as f64 / (1 << 20) as f64;
             eprintln!(
                 "llamac: wrote {} ({:.1} MiB) in {:.2} s: {} steps, {} weights ({:.1} MiB), arena {:.1} MiB \
-                 (unshared {:.1} MiB), KV cache {:.1} MiB for {} tokens, batch {}",
+                 (unshared {:.1} MiB), KV cache {:.1} MiB ({}) for {} tokens, batch {}",
                 output.display(),
                 mib(summary.plan_bytes),
                 summary.seconds,
@@ -182,6 +191,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 mib(summary.arena_bytes),
                 mib(summary.arena_unshared_bytes),
                 mib(summary.kv_bytes),
+                summary.kv_type,
                 summary.ctx,
                 summary.max_batch
             );

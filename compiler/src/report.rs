@@ -37,6 +37,8 @@ pub struct Report {
     pub arena_bytes: u64,
     pub kv_bytes: u64,
     pub kv_bytes_per_token: u64,
+    /// How the cache stores keys and values: `f16`, `f32` or `q8_0`.
+    pub kv_type: String,
     pub ctx: u32,
     pub max_batch: u32,
     /// Memory a session holds when it decodes with the cache full (`ctx` tokens): the weights
@@ -99,6 +101,7 @@ pub fn report(
         arena_bytes: header.arena.bytes,
         kv_bytes: header.kv.bytes,
         kv_bytes_per_token: header.kv.bytes / u64::from(ctx.max(1)),
+        kv_type: header.kv.ty.to_string(),
         resident_bytes_at_ctx: weight_bytes + header.arena.bytes + header.kv.bytes,
         ctx,
         max_batch: header.limits.max_batch,
@@ -202,7 +205,7 @@ impl Report {
              ops: {} steps ({ops}); {} GPU kernels\n\
              dispatches: {} per decode token, {} per prefill chunk, {} per layer (most), {} outside the layers\n\
              weights: {:.1} MiB; read per decode token: {:.1} MiB ({:.3}x the weights); {:.1} MFLOP per decode token (+{} FLOP per cached token)\n\
-             arena: {:.1} MiB; KV cache: {:.1} MiB for {} tokens ({} bytes per token); batch {}\n\
+             arena: {:.1} MiB; KV cache: {:.1} MiB ({}) for {} tokens ({} bytes per token); batch {}\n\
              resident when decoding with the cache full: {:.1} MiB (weights, arena, KV cache; {} bytes less per token short of {})\n",
             self.passes.join(", "),
             self.steps,
@@ -218,6 +221,7 @@ impl Report {
             self.attention_flops_per_cached_token,
             mib(self.arena_bytes),
             mib(self.kv_bytes),
+            self.kv_type,
             self.ctx,
             self.kv_bytes_per_token,
             self.max_batch,

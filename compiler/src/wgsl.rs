@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::fmt::Write;
 
 use llamart::plan::{
-    Buf, Epilogue, GpuBinding, GpuDispatch, GpuKernel, GpuRequirements, GpuSection, Kernel,
+    Buf, Epilogue, GpuBinding, GpuDispatch, GpuKernel, GpuRequirements, GpuSection, Kernel, KvType,
     Partials, PartialsInto, PlanHeader, UnaryOp,
 };
 use llamart::GgmlType;
@@ -38,6 +38,8 @@ pub enum GpuError {
     UnsupportedType { step: usize, ty: GgmlType },
     #[error("step {step}: the GPU attention takes head dimensions four at a time, and {head_dim} is not a multiple of 4")]
     HeadDim { step: usize, head_dim: u32 },
+    #[error("step {step}: {why}")]
+    KvCache { step: usize, why: String },
     #[error("step {step}: the fused product over '{name}' ({bytes} bytes) needs its whole weight in one storage binding (compile with --disable-pass for its fusion)")]
     FusedTooLarge {
         step: usize,
@@ -82,6 +84,31 @@ fn shader(name: &str) -> &'static str {
     }
 }
 
+/// Declares a layer's cache (K at `k_binding`, V after it) as its element type stores it, and the
+/// functions that load and store it (kv/*.wgsl). `KV_ROW` (values per row) must be a constant.
+fn kv_access(ty: KvType, k_binding: u32) -> String {
+    let elem = if ty == KvType::F32 { "f32" } else { "u32" };
+    let mut src = String::new();
+    for (name, binding) in [("k_cache", k_binding), ("v_cache", k_binding + 1)] {
+        let _ = writeln!(
+            src,
+            "@group(0) @binding({binding}) var<storage, read_write> {name}: array<{elem}>;"
+        );
+    }
+    src.push_str(kv_functions(ty));
+    src
+}
+
+/// The functions that load and store a cache of element type `ty` (no stores for Q8_0, whose
+/// rows only `kv/store_q8_0.wgsl` writes, whole blocks at a time).
+fn kv_functions(ty: KvType) -> &'static str {
+    match ty {
+        KvType::F32 => include_str!("../../shaders/kv/f32.wgsl"),
+        KvType::F16 => include_str!("../../shaders/kv/f16.wgsl"),
+        KvType::Q8_0 => include_str!("../../shaders/kv/q8_0.wgsl"),
+    }
+}
+
 /// The decoder of a weight type, if the GPU reads it: the WGSL parts to concatenate.
 fn weight_decoder(ty: GgmlType) -> Option<&'static [&'static str]> {
     const K_SCALE_MIN: &str = include_str!("../../shaders/weights/k_scale_min.wgsl");
@@ -123,6 +150,21 @@ fn module(op: &str, weight: Option<GgmlType>, consts: &[(&str, Const)]) -> Strin
     src
 }
 
+/// [`module`] for an op that reads or writes a cache of type `ty` at bindings `k_binding` and
+/// `k_binding + 1` (`consts` include `KV_ROW`).
+fn kv_module(
+    op: &str,
+    weight: Option<GgmlType>,
+    consts: &[(&str, Const)],
+    ty: KvType,
+    k_binding: u32,
+) -> String {
+    let mut src = prelude(weight, consts);
+    src.push_str(&kv_access(ty, k_binding));
+    src.push_str(shader(op));
+    src
+}
+
 /// Constants, the shared prelude and the weight decoder: what every kernel starts with.
 fn prelude(weight: Option<GgmlType>, consts: &[(&str, Const)]) -> String {
     let mut src = String::new();
@@ -134,6 +176,7 @@ fn prelude(weight: Option<GgmlType>, consts: &[(&str, Const)]) -> String {
         };
     }
     src.push_str(shader("common"));
+    src.push_str(include_str!("../../shaders/half.wgsl"));
     if let Some(ty) = weight {
         src.push_str(include_str!("../../shaders/weights/bytes.wgsl"));
         for part in weight_decoder(ty).expect("checked by the caller") {
@@ -160,6 +203,7 @@ fn fused_module(
     norm: bool,
     epilogue: &Epilogue,
     partials: Option<PartialsInto>,
+    kv_type: KvType,
 ) -> String {
     let mut src = prelude(Some(weight), consts);
     for (i, Decl(name, read_only, elem)) in decls.iter().enumerate() {
@@ -201,6 +245,7 @@ fn fused_module(
             include_str!("../../shaders/fused/epilogue_glu.wgsl")
         ),
         Epilogue::RopeKv { bias, .. } => {
+            src.push_str(kv_functions(kv_type));
             src.push_str(if *bias {
                 "fn bias_at(r: u32) -> f32 {\n    return bias[r];\n}\n"
             } else {
@@ -337,7 +382,7 @@ impl Emitter<'_> {
     /// The K and V regions of layer `layer`'s cache.
     fn kv_bindings(&self, layer: u32) -> (GpuBinding, GpuBinding) {
         let lay = self.h.kv.layers[layer as usize];
-        let size = u64::from(self.h.limits.ctx) * lay.row_len() as u64 * 4;
+        let size = u64::from(self.h.limits.ctx) * self.h.kv.ty.row_bytes(lay.row_len()) as u64;
         (
             GpuBinding::Kv {
                 offset: lay.k_offset,
@@ -534,9 +579,28 @@ impl Emitter<'_> {
                             decls.push(Decl("bias", true, "f32"));
                             extra.push(self.whole_weight(last));
                         }
+                        let kv_type = self.h.kv.ty;
+                        if kv_type == KvType::Q8_0 {
+                            return Err(GpuError::KvCache {
+                                step: i,
+                                why: "the fused QKV product stores keys and values pair by \
+                                      pair, which a q8_0 cache cannot take"
+                                    .into(),
+                            });
+                        }
+                        if !n_rot.is_multiple_of(4) || !head_dim.is_multiple_of(4) {
+                            return Err(GpuError::KvCache {
+                                step: i,
+                                why: format!(
+                                    "the fused QKV product stores neighbouring pairs of rotary \
+                                     dimensions and needs a multiple of 4, not {n_rot} of {head_dim}"
+                                ),
+                            });
+                        }
                         let (kc, vc) = self.kv_bindings(layer);
-                        decls.push(Decl("k_cache", false, "f32"));
-                        decls.push(Decl("v_cache", false, "f32"));
+                        let elem = if kv_type == KvType::F32 { "f32" } else { "u32" };
+                        decls.push(Decl("k_cache", false, elem));
+                        decls.push(Decl("v_cache", false, elem));
                         extra.extend([kc, vc]);
                         consts.extend([
                             ("N_HEAD", Const::U(n_head.into())),
@@ -545,8 +609,9 @@ impl Emitter<'_> {
                             ("N_ROT", Const::U(n_rot.into())),
                             ("BASE", Const::F(base)),
                             ("NEOX", Const::B(neox)),
+                            ("KV_ROW", Const::U((n_kv_head * head_dim).into())),
                         ]);
-                        format!("rope_kv_{n_head}x{head_dim}")
+                        format!("rope_kv_{n_head}x{head_dim}_{kv_type}")
                     }
                 };
                 if partials.is_some() {
@@ -566,7 +631,8 @@ impl Emitter<'_> {
                 for (n0, np, binding) in parts {
                     let items = match epilogue {
                         Epilogue::Store | Epilogue::Add => np,
-                        Epilogue::Glu(_) | Epilogue::RopeKv { .. } => u64::from(n / 2),
+                        Epilogue::Glu(_) => u64::from(n / 2),
+                        Epilogue::RopeKv { .. } => u64::from(n / 4),
                     };
                     let mut consts = consts.clone();
                     consts.extend([
@@ -585,6 +651,7 @@ impl Emitter<'_> {
                             norm.is_some(),
                             &epilogue,
                             partials.map(|p| p.into),
+                            self.h.kv.ty,
                         ),
                     )?;
                     let mut bindings = vec![binding, self.arena(io(0)), self.arena(&step.output)];
@@ -616,11 +683,13 @@ impl Emitter<'_> {
                     ("TILE", Const::U(ATTENTION_TILE.into())),
                     ("N", Const::U(n.into())),
                     ("ROW_BYTES", Const::U(row_bytes)),
+                    ("KV_ROW", Const::U((n_kv_head * head_dim).into())),
                 ];
+                let kv_type = self.h.kv.ty;
                 let k = self.kernel(
                     i,
-                    format!("attention_project_{ty}_{n_head}x{head_dim}_n{n}"),
-                    module("attention_project", Some(ty), &consts),
+                    format!("attention_project_{ty}_{n_head}x{head_dim}_n{n}_{kv_type}"),
+                    kv_module("attention_project", Some(ty), &consts, kv_type, 2),
                 )?;
                 self.dispatch(
                     i,
@@ -722,18 +791,26 @@ impl Emitter<'_> {
             } => {
                 self.check_head_dim(i, head_dim)?;
                 let (kc, vc) = self.kv_bindings(layer);
+                let kv_type = self.h.kv.ty;
+                let row = u64::from(n_kv_head * head_dim);
                 if append {
-                    let row = u64::from(n_kv_head * head_dim);
-                    let store = self.kernel(
-                        i,
-                        format!("kv_store_{row}"),
-                        module("kv_store", None, &[("ROW", Const::U(row))]),
-                    )?;
+                    let consts = [("KV_ROW", Const::U(row))];
+                    let (src, items) = if kv_type == KvType::Q8_0 {
+                        let mut src = prelude(None, &consts);
+                        src.push_str(kv_functions(kv_type));
+                        src.push_str(include_str!("../../shaders/kv/store_q8_0.wgsl"));
+                        // An item per pair of blocks.
+                        (src, row / 64)
+                    } else {
+                        // An item per pair of values.
+                        (kv_module("kv_store", None, &consts, kv_type, 3), row / 2)
+                    };
+                    let store = self.kernel(i, format!("kv_store_{row}_{kv_type}"), src)?;
                     self.dispatch(
                         i,
                         store,
                         vec![self.arena(io(1)), self.arena(io(2)), kc, vc],
-                        groups(row),
+                        groups(items),
                         1,
                     );
                 }
@@ -744,11 +821,12 @@ impl Emitter<'_> {
                     ("SCALE", Const::F(scale)),
                     ("WINDOW", Const::U(window.unwrap_or(0).into())),
                     ("TILE", Const::U(ATTENTION_TILE.into())),
+                    ("KV_ROW", Const::U(row)),
                 ];
                 let k = self.kernel(
                     i,
-                    format!("attention_{n_head}x{head_dim}"),
-                    module("attention", None, &consts),
+                    format!("attention_{n_head}x{head_dim}_{kv_type}"),
+                    kv_module("attention", None, &consts, kv_type, 2),
                 )?;
                 self.dispatch(
                     i,

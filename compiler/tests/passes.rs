@@ -21,6 +21,7 @@ fn listings(model: TinyLlama) -> Vec<(String, String)> {
         ctx: 64,
         max_batch: 8,
         disabled: PassSet::NONE,
+        kv_type: llamart::plan::KvType::F16,
     };
     let mut seen = Vec::new();
     run_pipeline_observed(graph, &file, options, &mut |pass, g| {

@@ -14,6 +14,7 @@ fn compile(gguf: &std::path::Path, bandwidth: Option<f64>) -> Report {
         ctx: Some(64),
         max_batch: 8,
         activations: llamart::plan::Activations::Q8,
+        kv_type: llamart::plan::KvType::F16,
         bandwidth_gbps: bandwidth,
         disabled: llamac::passes::PassSet::NONE,
     };

@@ -11,6 +11,7 @@ const OPTIONS: PipelineOptions = PipelineOptions {
     ctx: 64,
     max_batch: 8,
     disabled: llamac::passes::PassSet::NONE,
+    kv_type: llamart::plan::KvType::F16,
 };
 
 #[test]
@@ -72,6 +73,7 @@ fn tiny_llama_kernels_in_msl() {
         ctx: Some(64),
         max_batch: 8,
         activations: llamart::plan::Activations::Q8,
+        kv_type: llamart::plan::KvType::F16,
         bandwidth_gbps: None,
         disabled: llamac::passes::PassSet::NONE,
     };

@@ -1,47 +1,71 @@
-// Q, K and V in one product of (N_HEAD + 2 N_KV_HEAD) HEAD_DIM rows. Work item p is a pair of
-// dimensions of one head: a rotary pair (2i, 2i+1), or (i, i + N_ROT/2) when NEOX, for i below
-// N_ROT / 2; a pair of unrotated dimensions above. Q heads are rotated into y; K heads rotated and
-// V heads as they are go to the layer's cache at position n_past + t. `bias_at` is the bias of a
-// row (0 without one).
+// Q, K and V in one product of (N_HEAD + 2 N_KV_HEAD) HEAD_DIM rows. Work item p is two
+// neighbouring pairs of dimensions of one head, i = 2m and 2m + 1: a rotary pair is (2i, 2i+1),
+// or (i, i + N_ROT/2) when NEOX, for i below N_ROT / 2 (a multiple of 4, so both pairs rotate or
+// neither); unrotated pairs above are (2i, 2i+1). Either way the item's K and V values fall in
+// whole neighbouring pairs, which `k_store2` / `v_store2` (kv/*.wgsl) store without sharing a
+// word with another item. Q heads are rotated into y; K heads rotated and V heads as they are go
+// to the layer's cache at position n_past + t. `bias_at` is the bias of a row (0 without one).
 fn epilogue(p: u32, t0: u32, tiles: u32) {
-    let head = p / (HEAD_DIM / 2u);
-    let i = p % (HEAD_DIM / 2u);
-    let rotated = i < N_ROT / 2u && head < N_HEAD + N_KV_HEAD;
-    var d1 = 2u * i;
-    var d2 = 2u * i + 1u;
-    if (NEOX && i < N_ROT / 2u) {
-        d1 = i;
-        d2 = i + N_ROT / 2u;
+    let head = p / (HEAD_DIM / 4u);
+    let m = p % (HEAD_DIM / 4u);
+    var dims: array<vec2<u32>, 2>;
+    var values: array<array<vec2<f32>, TILE>, 2>;
+    for (var s = 0u; s < 2u; s++) {
+        let i = 2u * m + s;
+        let rotated = i < N_ROT / 2u && head < N_HEAD + N_KV_HEAD;
+        var d = vec2<u32>(2u * i, 2u * i + 1u);
+        if (NEOX && i < N_ROT / 2u) {
+            d = vec2<u32>(i, i + N_ROT / 2u);
+        }
+        dims[s] = d;
+        let r1 = head * HEAD_DIM + d.x;
+        let r2 = head * HEAD_DIM + d.y;
+        let a = dot_row(r1, t0, tiles);
+        let b = dot_row(r2, t0, tiles);
+        for (var tt = 0u; tt < tiles; tt++) {
+            let pos = params.n_past + t0 + tt;
+            var v1 = a[tt] + bias_at(r1);
+            var v2 = b[tt] + bias_at(r2);
+            if (rotated) {
+                let theta = rope_theta(pos, i);
+                let c = cos(theta);
+                let sn = sin(theta);
+                let r = v1 * c - v2 * sn;
+                v2 = v1 * sn + v2 * c;
+                v1 = r;
+            }
+            values[s][tt] = vec2<f32>(v1, v2);
+        }
     }
-    let r1 = head * HEAD_DIM + d1;
-    let r2 = head * HEAD_DIM + d2;
-    let a = dot_row(r1, t0, tiles);
-    let b = dot_row(r2, t0, tiles);
-    let kv_row = N_KV_HEAD * HEAD_DIM;
+    // NEOX rotary pairs hold dimensions (i, i + N_ROT/2): the neighbours are across the two.
+    let across = NEOX && 2u * m < N_ROT / 2u;
     for (var tt = 0u; tt < tiles; tt++) {
         let pos = params.n_past + t0 + tt;
-        var v1 = a[tt] + bias_at(r1);
-        var v2 = b[tt] + bias_at(r2);
-        if (rotated) {
-            let theta = rope_theta(pos, i);
-            let c = cos(theta);
-            let s = sin(theta);
-            let r = v1 * c - v2 * s;
-            v2 = v1 * s + v2 * c;
-            v1 = r;
+        let a = values[0][tt];
+        let b = values[1][tt];
+        // Two neighbouring pairs (col, value, value) to store.
+        var col = vec2<u32>(dims[0].x, dims[1].x);
+        var lo = a;
+        var hi = b;
+        if (across) {
+            col = vec2<u32>(dims[0].x, dims[0].y);
+            lo = vec2<f32>(a.x, b.x);
+            hi = vec2<f32>(a.y, b.y);
         }
         if (head < N_HEAD) {
             let base = (t0 + tt) * N_HEAD * HEAD_DIM + head * HEAD_DIM;
-            y[base + d1] = v1;
-            y[base + d2] = v2;
+            y[base + col.x] = lo.x;
+            y[base + col.x + 1u] = lo.y;
+            y[base + col.y] = hi.x;
+            y[base + col.y + 1u] = hi.y;
         } else if (head < N_HEAD + N_KV_HEAD) {
-            let base = pos * kv_row + (head - N_HEAD) * HEAD_DIM;
-            k_cache[base + d1] = v1;
-            k_cache[base + d2] = v2;
+            let c = (head - N_HEAD) * HEAD_DIM;
+            k_store2(pos, c + col.x, lo.x, lo.y);
+            k_store2(pos, c + col.y, hi.x, hi.y);
         } else {
-            let base = pos * kv_row + (head - N_HEAD - N_KV_HEAD) * HEAD_DIM;
-            v_cache[base + d1] = v1;
-            v_cache[base + d2] = v2;
+            let c = (head - N_HEAD - N_KV_HEAD) * HEAD_DIM;
+            v_store2(pos, c + col.x, lo.x, lo.y);
+            v_store2(pos, c + col.y, hi.x, hi.y);
         }
     }
 }

@@ -1,11 +1,13 @@
-//! KV cache layout: for each attention layer, K and V regions of `ctx` positions, back to back.
+//! KV cache layout: for each attention layer, K and V regions of `ctx` positions, back to back,
+//! each position one row of the chosen element type.
 
-use llamart::plan::{KvLayer, KvLayout};
+use llamart::plan::{KvLayer, KvLayout, KvType};
 
 use crate::ir::{Graph, NodeId, Op};
 use crate::passes::memory::BUFFER_ALIGN;
+use crate::passes::PassError;
 
-pub fn run(g: &Graph, schedule: &[NodeId], ctx: u32) -> KvLayout {
+pub fn run(g: &Graph, schedule: &[NodeId], ctx: u32, ty: KvType) -> Result<KvLayout, PassError> {
     let mut layers: Vec<(u32, KvLayer)> = Vec::new();
     let mut bytes = 0u64;
     for &id in schedule {
@@ -16,9 +18,11 @@ pub fn run(g: &Graph, schedule: &[NodeId], ctx: u32) -> KvLayout {
         let (n_kv_head, head_dim) = g
             .attention_kv_heads(id)
             .expect("shape inference checked attention operands");
+        ty.supports(n_kv_head as u32, head_dim as u32)
+            .map_err(|why| PassError::Kv(format!("layer {layer}: {why}")))?;
+        let row = ty.row_bytes((n_kv_head * head_dim) as usize) as u64;
         // Regions stay aligned for GPU bindings.
-        let region =
-            (u64::from(ctx) * n_kv_head * head_dim * 4).div_ceil(BUFFER_ALIGN) * BUFFER_ALIGN;
+        let region = (u64::from(ctx) * row).div_ceil(BUFFER_ALIGN) * BUFFER_ALIGN;
         layers.push((
             layer,
             KvLayer {
@@ -37,10 +41,11 @@ pub fn run(g: &Graph, schedule: &[NodeId], ctx: u32) -> KvLayout {
             "attention layers are numbered 0..n without gaps"
         );
     }
-    KvLayout {
+    Ok(KvLayout {
         bytes,
+        ty,
         layers: layers.into_iter().map(|(_, l)| l).collect(),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -62,7 +67,7 @@ mod tests {
         let file = GgufFile::from_bytes(model.to_gguf()).unwrap();
         let (mut g, _) = crate::lower::lower(&file).unwrap();
         shape_inference::run(&mut g).unwrap();
-        let layout = run(&g, &schedule::run(&g), 10);
+        let layout = run(&g, &schedule::run(&g), 10, KvType::F32).unwrap();
         // Per layer and per tensor: 10 positions x 2 KV heads x 4 dims x 4 bytes = 320 bytes,
         // rounded up to 512 to keep every region 256-byte aligned.
         assert_eq!(layout.layers.len(), 3);
@@ -72,5 +77,12 @@ mod tests {
             assert_eq!(layer.k_offset, l as u64 * 1024);
             assert_eq!(layer.v_offset, layer.k_offset + 512);
         }
+        let half = run(&g, &schedule::run(&g), 10, KvType::F16).unwrap();
+        assert_eq!(half.bytes, 3 * 2 * 256, "f16 rows are half as long");
+        let err = run(&g, &schedule::run(&g), 10, KvType::Q8_0).unwrap_err();
+        assert!(
+            err.to_string().contains("multiple of 32"),
+            "heads of 4 values cannot hold q8_0 blocks: {err}"
+        );
     }
 }

@@ -26,6 +26,8 @@ pub struct PipelineOptions {
     pub max_batch: u32,
     /// Rewrites not to run (`llamac compile --disable-pass`).
     pub disabled: PassSet,
+    /// How the KV cache stores its values.
+    pub kv_type: llamart::plan::KvType,
 }
 
 /// A set of the optional passes of [`REWRITES`], by position.
@@ -75,6 +77,8 @@ pub enum PassError {
     },
     #[error("constant folding: {0}")]
     Fold(String),
+    #[error("KV cache: {0}")]
+    Kv(String),
 }
 
 /// The graph after every pass, with what the passes decided.
@@ -120,6 +124,13 @@ pub const PASSES: &[&str] = &[
     "kv_layout",
 ];
 
+/// Whether the cache type rules out a rewrite: the fused QKV product stores each key and value
+/// pair by pair as it computes them, which a Q8_0 row, scaled per block of 32, cannot take; with
+/// that cache the keys and values reach it through a store step that quantizes whole blocks.
+fn skipped_for_kv(pass: &str, kv_type: llamart::plan::KvType) -> bool {
+    pass == "fuse_qkv" && kv_type == llamart::plan::KvType::Q8_0
+}
+
 /// The whole pipeline. Each pass is its own module with its own tests; this list is the only place
 /// that orders them.
 pub fn run_pipeline(
@@ -142,7 +153,7 @@ pub fn run_pipeline_observed(
     shape_inference::run(&mut graph)?;
     observe("shape_inference", &graph);
     for &(name, rewrite) in REWRITES {
-        if options.disabled.contains(name) {
+        if options.disabled.contains(name) || skipped_for_kv(name, options.kv_type) {
             continue;
         }
         if rewrite(&mut graph, file)? > 0 {
@@ -158,7 +169,7 @@ pub fn run_pipeline_observed(
     observe("dce", &graph);
     let schedule = schedule::run(&graph);
     let memory = memory::run(&graph, &schedule, options.max_batch);
-    let kv = kv_layout::run(&graph, &schedule, options.ctx);
+    let kv = kv_layout::run(&graph, &schedule, options.ctx, options.kv_type)?;
     passes.extend(["dce", "schedule", "memory", "kv_layout"]);
     Ok(Compiled {
         graph,

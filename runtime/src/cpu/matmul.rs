@@ -43,20 +43,6 @@ pub fn matmul_supports(ty: GgmlType) -> bool {
     MATMUL_TYPES.contains(&ty)
 }
 
-/// Per-thread scratch of the interpreter's other parallel kernels, sized at load.
-pub struct Scratch {
-    /// Attention scores for the query heads that share a KV head (ctx values each).
-    pub scores: Vec<f32>,
-}
-
-impl Scratch {
-    pub fn new(ctx: usize, heads_per_kv_head: usize) -> Self {
-        Scratch {
-            scores: vec![0.0; ctx * heads_per_kv_head],
-        }
-    }
-}
-
 /// Chunks per thread a product is cut into: enough for threads that start late or run slow to
 /// even out, few enough that taking a chunk (one contended atomic) stays negligible.
 const CHUNKS_PER_THREAD: usize = 8;
@@ -473,12 +459,7 @@ mod tests {
                 };
                 let x = random_activations(&mut rng, n_tokens * k);
                 // Cycle through the plan's activation choices so every path of every type runs.
-                let choices = [
-                    Activations::Auto,
-                    Activations::Q8,
-                    Activations::Q8x2,
-                    Activations::F32,
-                ];
+                let choices = [Activations::Q8, Activations::Q8x2, Activations::F32];
                 let activations = choices[(i + level as usize) % choices.len()];
                 let terms = kernels.tile(ty).and(activations.terms(ty));
                 let mut mm =

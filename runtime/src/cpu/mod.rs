@@ -1,5 +1,6 @@
 //! The CPU interpreter: replays a plan's steps with every buffer allocated once, at load.
 
+mod attention;
 pub mod dot;
 mod kernels;
 mod matmul;
@@ -120,10 +121,12 @@ impl Arena {
 pub struct Session<'p> {
     plan: &'p LoadedPlan,
     arena: Arena,
-    kv: Vec<f32>,
+    kv: attention::KvCache,
+    /// One row of keys after RoPE, before the cache stores it in its type.
+    rotated: Vec<f32>,
     rope: Vec<kernels::RopeTable>,
-    /// Per worker thread: attention scores (ctx values).
-    scratch: Vec<std::sync::Mutex<matmul::Scratch>>,
+    /// Per worker thread: attention scores and tiles.
+    scratch: Vec<std::sync::Mutex<attention::Scratch>>,
     /// The matrix products' threads, kernels, quantized-activation buffers and packed weights.
     matmul: matmul::MatMul,
     /// The normalized inputs of fused products with an RMSNorm prologue (max_batch rows).
@@ -227,23 +230,31 @@ impl<'p> Session<'p> {
             .collect();
         let threads = threads.max(1);
         let max_batch = h.limits.max_batch as usize;
-        let heads_per_kv_head = h
-            .steps
-            .iter()
-            .filter_map(|step| match step.kernel {
-                Kernel::Attention {
-                    n_head, n_kv_head, ..
-                }
-                | Kernel::AttentionProject {
-                    n_head, n_kv_head, ..
-                } => Some((n_head / n_kv_head) as usize),
-                _ => None,
-            })
-            .max()
-            .unwrap_or(1);
+        let (mut heads_per_kv_head, mut head_dim) = (1, 1);
+        for step in &h.steps {
+            if let Kernel::Attention {
+                n_head,
+                n_kv_head,
+                head_dim: hd,
+                ..
+            }
+            | Kernel::AttentionProject {
+                n_head,
+                n_kv_head,
+                head_dim: hd,
+                ..
+            } = step.kernel
+            {
+                heads_per_kv_head = heads_per_kv_head.max((n_head / n_kv_head) as usize);
+                head_dim = head_dim.max(hd as usize);
+            }
+        }
         let scratch = (0..threads + 1)
-            .map(|_| std::sync::Mutex::new(matmul::Scratch::new(ctx, heads_per_kv_head)))
+            .map(|_| {
+                std::sync::Mutex::new(attention::Scratch::new(ctx, heads_per_kv_head, head_dim))
+            })
             .collect();
+        let kv_row_len = h.kv.layers.iter().map(|l| l.row_len()).max().unwrap_or(0);
         let mut matmul =
             matmul::MatMul::new(threads, max_k, max_batch, &matmul_types, h.activations).map_err(
                 |e| LoadError::Threads {
@@ -305,7 +316,8 @@ impl<'p> Session<'p> {
         Ok(Session {
             plan,
             arena: Arena::new(h.arena.bytes),
-            kv: vec![0.0; (h.kv.bytes / 4) as usize],
+            kv: attention::KvCache::new(h.kv.bytes, h.kv.ty),
+            rotated: vec![0.0; kv_row_len],
             rope,
             scratch,
             matmul,
@@ -571,13 +583,12 @@ impl<'p> Session<'p> {
                 let (hd, h) = (head_dim as usize, n_head as usize);
                 let lay = plan.header.kv.layers[layer as usize];
                 let kv_row = lay.row_len();
-                let (k_base, v_base) = (lay.k_offset as usize / 4, lay.v_offset as usize / 4);
                 if append {
                     let at = self.kv_write_position(n_tokens);
                     let k_new = read(&step.inputs[1], kv_row);
                     let v_new = read(&step.inputs[2], kv_row);
-                    self.kv[k_base + at * kv_row..][..k_new.len()].copy_from_slice(k_new);
-                    self.kv[v_base + at * kv_row..][..v_new.len()].copy_from_slice(v_new);
+                    self.kv.store(lay.k_offset, kv_row, at, k_new);
+                    self.kv.store(lay.v_offset, kv_row, at, v_new);
                 }
                 let q = read(&step.inputs[0], h * hd);
                 let heads = Heads {
@@ -722,18 +733,17 @@ impl<'p> Session<'p> {
                         let (hd, h, hkv) = (head_dim as usize, n_head as usize, n_kv_head as usize);
                         let (q_len, kv_len) = (h * hd, hkv * hd);
                         let lay = plan.header.kv.layers[layer as usize];
-                        let (k_base, v_base) =
-                            (lay.k_offset as usize / 4, lay.v_offset as usize / 4);
                         let past = self.n_past;
                         let out = write(q_len);
+                        let rotated = &mut self.rotated[..kv_len];
                         for (t, row) in wide.chunks_exact(n).enumerate() {
                             let (q, kv) = row.split_at(q_len);
                             let (k_new, v_new) = kv.split_at(kv_len);
                             let pos = past + t;
                             table.apply(q, &mut out[t * q_len..][..q_len], h, hd, neox, pos);
-                            let k_row = k_base + (at + t) * kv_len;
-                            table.apply(k_new, &mut self.kv[k_row..][..kv_len], hkv, hd, neox, pos);
-                            self.kv[v_base + (at + t) * kv_len..][..kv_len].copy_from_slice(v_new);
+                            table.apply(k_new, rotated, hkv, hd, neox, pos);
+                            self.kv.store(lay.k_offset, kv_len, at + t, rotated);
+                            self.kv.store(lay.v_offset, kv_len, at + t, v_new);
                         }
                     }
                 }
@@ -742,60 +752,62 @@ impl<'p> Session<'p> {
     }
 
     /// Attention of `n_tokens` query rows `q` at positions from `n_past` over the layer's cache,
-    /// into `out`, spread over the threads by (token, head).
+    /// into `out`, spread over the threads by (tile of tokens, KV head, part of its query heads).
     fn attend(&self, heads: Heads, q: &[f32], out: &mut [f32], n_tokens: usize) {
         let (hd, h) = (heads.head_dim as usize, heads.n_head as usize);
         let lay = self.plan.header.kv.layers[heads.layer as usize];
-        let kv_row = lay.row_len();
-        let ctx = self.plan.header.limits.ctx as usize;
-        let (k_base, v_base) = (lay.k_offset as usize / 4, lay.v_offset as usize / 4);
-        let k_cache = &self.kv[k_base..k_base + ctx * kv_row];
-        let v_cache = &self.kv[v_base..v_base + ctx * kv_row];
-        let group = h / heads.n_kv_head as usize;
-        // Items are (token, KV head, part of its query heads): each reads its KV head's rows
-        // once for all its heads, and a decoded token still has an item per thread.
+        let n_kv_head = heads.n_kv_head as usize;
+        let group = h / n_kv_head;
+        let tile = attention::TILE.min(n_tokens);
+        let tiles = n_tokens.div_ceil(tile);
+        // Each item reads its KV head's rows once for all its tokens and heads; a decoded token
+        // still has an item per thread.
         let parts = self
             .matmul
             .threads()
-            .div_ceil(n_tokens * heads.n_kv_head as usize)
+            .div_ceil(tiles * n_kv_head)
             .clamp(1, group);
         let per_part = group.div_ceil(parts);
-        let items_per_token = heads.n_kv_head as usize * parts;
+        let items_per_tile = n_kv_head * parts;
         let (past, scratch) = (self.n_past, &self.scratch);
         let out = HeadRows(out.as_mut_ptr());
         let out = &out;
-        self.matmul
-            .for_each(n_tokens * items_per_token, &|i, worker| {
-                let (t, item) = (i / items_per_token, i % items_per_token);
-                let (kv_head, part) = (item / parts, item % parts);
-                let first = kv_head * group + part * per_part;
-                let count = per_part.min(((kv_head + 1) * group).saturating_sub(first));
-                if count == 0 {
-                    return;
-                }
-                let pos = past + t;
-                let lo = heads
-                    .window
-                    .map_or(0, |w| (pos + 1).saturating_sub(w as usize));
-                let mut s = scratch[worker].lock().expect("not poisoned");
-                let rows = (t * h + first) * hd..(t * h + first + count) * hd;
+        self.matmul.for_each(tiles * items_per_tile, &|i, worker| {
+            // Later tiles see more positions: they go first, so the last items are short.
+            let first_token = (tiles - 1 - i / items_per_tile) * tile;
+            let tokens = tile.min(n_tokens - first_token);
+            let item = i % items_per_tile;
+            let (kv_head, part) = (item / parts, item % parts);
+            let first = kv_head * group + part * per_part;
+            let count = per_part.min(((kv_head + 1) * group).saturating_sub(first));
+            if count == 0 {
+                return;
+            }
+            let kv = attention::KvHead {
+                k_offset: lay.k_offset,
+                v_offset: lay.v_offset,
+                row_len: lay.row_len(),
+                col: kv_head * hd,
+                head_dim: hd,
+            };
+            let queries = attention::Queries {
+                first_token,
+                tokens,
+                heads: count,
+                past,
+                window: heads.window.map(|w| w as usize),
+                scale: heads.scale,
+            };
+            let query = |t: usize, head: usize| &q[(t * h + first + head) * hd..][..hd];
+            let mut s = scratch[worker].lock().expect("not poisoned");
+            attention::attend(&self.kv, kv, queries, &query, &mut s);
+            for t in 0..tokens {
+                let at = ((first_token + t) * h + first) * hd;
                 // SAFETY: item i is the only one writing these head rows of the output.
-                let o =
-                    unsafe { std::slice::from_raw_parts_mut(out.0.add(rows.start), rows.len()) };
-                kernels::attend(
-                    &q[rows],
-                    k_cache,
-                    v_cache,
-                    o,
-                    hd,
-                    kv_row,
-                    kv_head * hd,
-                    lo,
-                    pos,
-                    heads.scale,
-                    &mut s.scores,
-                );
-            });
+                let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(at), count * hd) };
+                o.copy_from_slice(&s.out[t * count * hd..][..count * hd]);
+            }
+        });
     }
 
     /// Where a step of `n_tokens` stores its keys and values in the cache.
@@ -885,7 +897,8 @@ fn validate(plan: &LoadedPlan) -> Result<(), LoadError> {
                 "heads {n_head}/{n_kv_head}x{head_dim} vs KV layer {lay:?}"
             ));
         }
-        let region = u64::from(h.limits.ctx) * lay.row_len() as u64 * 4;
+        h.kv.ty.supports(n_kv_head, head_dim)?;
+        let region = u64::from(h.limits.ctx) * h.kv.ty.row_bytes(lay.row_len()) as u64;
         for off in [lay.k_offset, lay.v_offset] {
             if off % 4 != 0 || off.checked_add(region).is_none_or(|e| e > h.kv.bytes) {
                 return Err(format!(
