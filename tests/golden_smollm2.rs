@@ -90,6 +90,23 @@ fn prefill_then_decode_equals_one_full_evaluation() {
     );
 }
 
+/// The same over 600 positions of real text: a decoded token's keys span three cache segments
+/// of the CPU attention, which split over the threads and are merged afterwards, while the full
+/// evaluation walks them within its tiles.
+#[test]
+fn prefill_then_decode_equals_one_full_evaluation_across_cache_segments() {
+    let golden = golden(MODEL);
+    let ids = ids_of(&golden["perplexity"][0]["token_ids"]);
+    let plan = plan();
+    let mut session = Session::new(&plan, 2).unwrap();
+    let diff = prefill_decode_difference(&mut session, &plan, &ids[..600], 12);
+    eprintln!("max |prefill+decode - full| over 600 positions = {diff:e}");
+    assert!(
+        diff <= 1e-3,
+        "prefill then decode differs from the full evaluation by {diff}"
+    );
+}
+
 #[test]
 fn longer_batches_than_the_plan_allows_and_full_contexts_are_errors() {
     let plan = LoadedPlan::open(&compiled_plan(MODEL, &["--ctx", "64", "--batch", "16"])).unwrap();

@@ -3,17 +3,24 @@
 //! (and converted to f32 once) serves all the tile's tokens and all the query heads sharing its
 //! KV head.
 //!
-//! Each query's arithmetic depends only on its own row, position and the cache, never on the
-//! tile it shares: its scores are taken in position order, its softmax over exactly the
-//! positions it sees, its values summed in position order. So a token evaluated alone (decode)
-//! gets every bit it gets inside a prefill tile.
+//! A query's softmax is taken per segment of the cache (`SEGMENT` positions, at multiples of it)
+//! and the segments are merged in order, flash-attention style. A decoded token's segments can
+//! so go to different threads ([`attend_segment`], then [`merge`]), and a prefill tile walks
+//! them itself ([`attend`]): each query's arithmetic depends only on its own row, position and
+//! the cache, never on the tile it shares or the thread that took a segment, so a token
+//! evaluated alone gets every bit it gets inside a prefill tile.
+
+use std::ops::Range;
 
 use half::f16;
 
 use crate::plan::KvType;
 
-/// Cache rows converted to f32 at a time: few enough to stay in the core's first-level cache.
+/// Cache rows converted to f32 at a time: few enough to stay in the core's first-level cache; a
+/// multiple of 8 (the score kernel takes rows 8 at a time).
 const CHUNK: usize = 32;
+/// Positions per softmax segment.
+pub const SEGMENT: usize = 256;
 /// Most tokens in one tile (prefill): each key row read serves this many queries per head.
 pub const TILE: usize = 8;
 
@@ -60,11 +67,16 @@ impl KvCache {
         }
     }
 
+    /// Row `pos` of the region at byte `offset`, as stored.
+    fn row(&self, offset: u64, row_len: usize, pos: usize) -> &[u8] {
+        let row_bytes = self.ty.row_bytes(row_len);
+        &self.bytes()[offset as usize + pos * row_bytes..][..row_bytes]
+    }
+
     /// Loads values `col .. col + out.len()` of row `pos` of the region at byte `offset`
     /// (`col` and the length whole Q8_0 blocks for that type).
     pub fn load(&self, offset: u64, row_len: usize, pos: usize, col: usize, out: &mut [f32]) {
-        let row_bytes = self.ty.row_bytes(row_len);
-        let row = &self.bytes()[offset as usize + pos * row_bytes..][..row_bytes];
+        let row = self.row(offset, row_len, pos);
         match self.ty {
             KvType::F32 => {
                 let values: &[f32] = bytemuck::cast_slice(row);
@@ -133,35 +145,111 @@ pub struct Queries {
 
 impl Queries {
     /// The positions token `t` (of the step) sees.
-    fn seen(&self, t: usize) -> std::ops::RangeInclusive<usize> {
+    fn seen(&self, t: usize) -> Range<usize> {
         let pos = self.past + t;
         let lo = self.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-        lo..=pos
+        lo..pos + 1
+    }
+
+    /// The segments holding a position some token of the item sees.
+    pub fn segments(&self) -> Range<usize> {
+        let first = self.seen(self.first_token).start;
+        let last = self.seen(self.first_token + self.tokens - 1).end;
+        first / SEGMENT..last.div_ceil(SEGMENT)
     }
 }
 
-/// A worker's buffers, sized at load for the plan's context, widest tile and head.
+/// Positions of segment `s`.
+fn segment(s: usize) -> Range<usize> {
+    s * SEGMENT..(s + 1) * SEGMENT
+}
+
+fn intersect(a: &Range<usize>, b: &Range<usize>) -> Range<usize> {
+    let r = a.start.max(b.start)..a.end.min(b.end);
+    if r.is_empty() {
+        0..0
+    } else {
+        r
+    }
+}
+
+/// A worker's buffers, sized at load for the plan's widest tile and head.
 pub struct Scratch {
-    /// Per query (token, head) of the tile: its scores, then its softmax weights.
+    /// Per query (token, head) of the item: its scores over a segment, then their exponentials.
     scores: Vec<f32>,
     /// A chunk of cache rows in f32.
     rows: Vec<f32>,
-    /// The tile's outputs, `[token][head][head_dim]`.
+    /// Per query: the current segment's softmax, unnormalized ([`Partial`]).
+    seg_max: Vec<f32>,
+    seg_sum: Vec<f32>,
+    seg_out: Vec<f32>,
+    /// Per query: the segments so far, merged; `out` ends normalized, `[token][head][head_dim]`.
+    run_max: Vec<f32>,
+    run_sum: Vec<f32>,
     pub out: Vec<f32>,
 }
 
 impl Scratch {
-    pub fn new(ctx: usize, heads_per_kv_head: usize, head_dim: usize) -> Self {
+    pub fn new(heads_per_kv_head: usize, head_dim: usize) -> Self {
+        let queries = TILE * heads_per_kv_head;
         Scratch {
-            scores: vec![0.0; TILE * heads_per_kv_head * ctx],
+            scores: vec![0.0; queries * SEGMENT],
             rows: vec![0.0; CHUNK * head_dim],
-            out: vec![0.0; TILE * heads_per_kv_head * head_dim],
+            seg_max: vec![0.0; queries],
+            seg_sum: vec![0.0; queries],
+            seg_out: vec![0.0; queries * head_dim],
+            run_max: vec![0.0; queries],
+            run_sum: vec![0.0; queries],
+            out: vec![0.0; queries * head_dim],
+        }
+    }
+
+    /// Query `i`'s softmax over the segment [`attend_segment`] computed last.
+    pub fn segment_partial(&self, i: usize, head_dim: usize) -> Partial<'_> {
+        Partial {
+            max: self.seg_max[i],
+            sum: self.seg_sum[i],
+            out: &self.seg_out[i * head_dim..][..head_dim],
         }
     }
 }
 
-/// Attention of one item's queries over the cache into `scratch.out`. `q(t, h)` is the query row
-/// of step token t and head h of the item.
+/// A query's softmax over some positions, unnormalized: the largest score, the sum of
+/// `exp(score - max)`, and the values weighted by those exponentials.
+#[derive(Clone, Copy)]
+pub struct Partial<'a> {
+    pub max: f32,
+    pub sum: f32,
+    pub out: &'a [f32],
+}
+
+/// Folds `part` into the running softmax (`first`: there is none yet). Plain multiplies and adds
+/// only, so every caller, whatever it was compiled for, computes the same bits.
+pub fn merge(max: &mut f32, sum: &mut f32, out: &mut [f32], part: Partial, first: bool) {
+    if first {
+        *max = part.max;
+        *sum = part.sum;
+        out.copy_from_slice(part.out);
+        return;
+    }
+    let m = max.max(part.max);
+    let (a, b) = (exp(*max - m), exp(part.max - m));
+    *sum = *sum * a + part.sum * b;
+    for (o, &p) in out.iter_mut().zip(part.out) {
+        *o = *o * a + p * b;
+    }
+    *max = m;
+}
+
+/// The output of a merged softmax.
+pub fn normalize(out: &mut [f32], sum: f32) {
+    for o in out {
+        *o /= sum;
+    }
+}
+
+/// Attention of one item's queries over every segment they see, merged in order, into
+/// `scratch.out`. `q(t, h)` is the query row of step token t and head h of the item.
 pub fn attend<'q>(
     cache: &KvCache,
     kv: KvHead,
@@ -169,107 +257,343 @@ pub fn attend<'q>(
     q: &dyn Fn(usize, usize) -> &'q [f32],
     scratch: &mut Scratch,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2.
-        return unsafe { attend_avx2(cache, kv, queries, q, scratch) };
+    let hd = kv.head_dim;
+    for s in queries.segments() {
+        attend_segment(cache, kv, queries, q, s, scratch);
+        for t in 0..queries.tokens {
+            let token = queries.first_token + t;
+            let seen = queries.seen(token);
+            if intersect(&seen, &segment(s)).is_empty() {
+                continue;
+            }
+            let first = seen.start >= s * SEGMENT;
+            for head in 0..queries.heads {
+                let i = t * queries.heads + head;
+                let Scratch {
+                    seg_max,
+                    seg_sum,
+                    seg_out,
+                    run_max,
+                    run_sum,
+                    out,
+                    ..
+                } = &mut *scratch;
+                let part = Partial {
+                    max: seg_max[i],
+                    sum: seg_sum[i],
+                    out: &seg_out[i * hd..][..hd],
+                };
+                let out = &mut out[i * hd..][..hd];
+                merge(&mut run_max[i], &mut run_sum[i], out, part, first);
+            }
+        }
     }
-    attend_body(cache, kv, queries, q, scratch)
+    for i in 0..queries.tokens * queries.heads {
+        normalize(&mut scratch.out[i * hd..][..hd], scratch.run_sum[i]);
+    }
 }
 
-/// [`attend_body`] compiled for AVX2: the same operations in 8-wide registers (no fused
-/// multiply-adds, which would round differently).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn attend_avx2<'q>(
+/// The softmax of every query of the item over segment `s`, unnormalized, into the scratch's
+/// segment partials ([`Scratch::segment_partial`]); queries that see no position of it are left
+/// as they were.
+pub fn attend_segment<'q>(
     cache: &KvCache,
     kv: KvHead,
     queries: Queries,
     q: &dyn Fn(usize, usize) -> &'q [f32],
+    s: usize,
     scratch: &mut Scratch,
 ) {
-    attend_body(cache, kv, queries, q, scratch)
+    #[cfg(target_arch = "x86_64")]
+    if kv.head_dim.is_multiple_of(8)
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+    {
+        // SAFETY: the CPU has AVX2, FMA and F16C.
+        return unsafe { segment_avx2(cache, kv, queries, q, s, scratch) };
+    }
+    segment_body::<Portable>(cache, kv, queries, q, s, scratch)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn segment_avx2<'q>(
+    cache: &KvCache,
+    kv: KvHead,
+    queries: Queries,
+    q: &dyn Fn(usize, usize) -> &'q [f32],
+    s: usize,
+    scratch: &mut Scratch,
+) {
+    segment_body::<avx2::Avx2>(cache, kv, queries, q, s, scratch)
+}
+
+/// The inner loops of attention, per instruction set.
+trait Products {
+    /// [`KvCache::load`].
+    #[inline(always)]
+    fn load(cache: &KvCache, offset: u64, row_len: usize, pos: usize, col: usize, out: &mut [f32]) {
+        cache.load(offset, row_len, pos, col, out)
+    }
+    /// `q . rows[k]` for the 8 rows of `head_dim` values in `rows`.
+    fn scores8(q: &[f32], rows: &[f32], head_dim: usize) -> [f32; 8];
+    /// `out += w[j] * rows[j]` for each j in order.
+    fn accumulate(out: &mut [f32], w: &[f32], rows: &[f32], head_dim: usize);
+}
+
+struct Portable;
+
+impl Products for Portable {
+    #[inline(always)]
+    fn scores8(q: &[f32], rows: &[f32], head_dim: usize) -> [f32; 8] {
+        std::array::from_fn(|k| super::kernels::dot(q, &rows[k * head_dim..][..head_dim]))
+    }
+
+    #[inline(always)]
+    fn accumulate(out: &mut [f32], w: &[f32], rows: &[f32], head_dim: usize) {
+        for (&w, row) in w.iter().zip(rows.chunks_exact(head_dim)) {
+            for (o, &x) in out.iter_mut().zip(row) {
+                *o += w * x;
+            }
+        }
+    }
 }
 
 #[inline(always)]
-fn attend_body<'q>(
+fn segment_body<'q, P: Products>(
     cache: &KvCache,
     kv: KvHead,
     queries: Queries,
     q: &dyn Fn(usize, usize) -> &'q [f32],
+    s: usize,
     scratch: &mut Scratch,
 ) {
     let hd = kv.head_dim;
     let tokens = queries.first_token..queries.first_token + queries.tokens;
-    let lo = *queries.seen(tokens.start).start();
-    let hi = *queries.seen(tokens.end - 1).end();
-    let span = hi + 1 - lo;
-    let n_queries = queries.tokens * queries.heads;
-    let Scratch { scores, rows, out } = scratch;
-    let scores = &mut scores[..n_queries * span];
-    let out = &mut out[..n_queries * hd];
-    // The positions of chunk [c, c + n) that token t sees, as offsets into the chunk.
+    // The positions of the segment some query sees.
+    let all = queries.seen(tokens.start).start..queries.seen(tokens.end - 1).end;
+    let span = intersect(&all, &segment(s));
+    let base = s * SEGMENT;
+    let Scratch {
+        scores,
+        rows,
+        seg_max,
+        seg_sum,
+        seg_out,
+        ..
+    } = scratch;
+    // The positions of chunk `c` (its first position and length) that token t sees, as offsets
+    // into the chunk.
     let visible = |t: usize, c: usize, n: usize| {
-        let seen = queries.seen(t);
-        let from = (*seen.start()).max(c);
-        let to = (*seen.end() + 1).min(c + n);
-        if from < to {
-            from - c..to - c
-        } else {
-            0..0
-        }
+        let r = intersect(&queries.seen(t), &(c..c + n));
+        r.start.saturating_sub(c)..r.end.saturating_sub(c)
     };
 
-    for c in (lo..=hi).step_by(CHUNK) {
-        let n = CHUNK.min(hi + 1 - c);
+    for c in span.clone().step_by(CHUNK) {
+        let n = CHUNK.min(span.end - c);
         for (j, row) in rows[..n * hd].chunks_exact_mut(hd).enumerate() {
-            cache.load(kv.k_offset, kv.row_len, c + j, kv.col, row);
+            P::load(cache, kv.k_offset, kv.row_len, c + j, kv.col, row);
         }
         for (ti, t) in tokens.clone().enumerate() {
             let seen = visible(t, c, n);
+            if seen.is_empty() {
+                continue;
+            }
             for head in 0..queries.heads {
                 let qh = q(t, head);
-                let s = &mut scores[(ti * queries.heads + head) * span + c - lo..][..n];
-                for j in seen.clone() {
-                    s[j] = super::kernels::dot(qh, &rows[j * hd..][..hd]) * queries.scale;
+                let row = &mut scores[(ti * queries.heads + head) * SEGMENT..][..SEGMENT];
+                // Groups of 8 rows aligned in the chunk (CHUNK is a multiple of 8): rows past
+                // `n` hold stale values whose scores are never stored.
+                for g in (seen.start / 8 * 8..seen.end).step_by(8) {
+                    let s8 = P::scores8(qh, &rows[g * hd..][..8 * hd], hd);
+                    for j in g.max(seen.start)..(g + 8).min(seen.end) {
+                        row[c + j - base] = s8[j - g] * queries.scale;
+                    }
                 }
             }
         }
     }
-    // Each query's scores over the positions it sees become its softmax: the weights of the
-    // values.
+    // Each query's scores over the positions it sees become exponentials relative to their
+    // maximum, and their sum.
     for (ti, t) in tokens.clone().enumerate() {
-        let seen = queries.seen(t);
-        let range = seen.start() - lo..seen.end() + 1 - lo;
+        let seen = intersect(&queries.seen(t), &span);
+        if seen.is_empty() {
+            continue;
+        }
         for head in 0..queries.heads {
-            let row = &mut scores[(ti * queries.heads + head) * span..][range.clone()];
+            let i = ti * queries.heads + head;
+            let row = &mut scores[i * SEGMENT..][seen.start - base..seen.end - base];
             let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-            let mut sum = 0.0f32;
-            for s in row.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
+            for x in row.iter_mut() {
+                *x = exp(*x - max);
             }
-            for s in row.iter_mut() {
-                *s /= sum;
-            }
+            seg_max[i] = max;
+            seg_sum[i] = sum_in_lanes(row);
+            seg_out[i * hd..][..hd].fill(0.0);
         }
     }
-    out.fill(0.0);
-    for c in (lo..=hi).step_by(CHUNK) {
-        let n = CHUNK.min(hi + 1 - c);
+    for c in span.clone().step_by(CHUNK) {
+        let n = CHUNK.min(span.end - c);
         for (j, row) in rows[..n * hd].chunks_exact_mut(hd).enumerate() {
-            cache.load(kv.v_offset, kv.row_len, c + j, kv.col, row);
+            P::load(cache, kv.v_offset, kv.row_len, c + j, kv.col, row);
         }
         for (ti, t) in tokens.clone().enumerate() {
             let seen = visible(t, c, n);
+            if seen.is_empty() {
+                continue;
+            }
             for head in 0..queries.heads {
-                let query = ti * queries.heads + head;
-                let w = &scores[query * span + c - lo..][..n];
-                let o = &mut out[query * hd..][..hd];
-                for j in seen.clone() {
-                    for (o, &x) in o.iter_mut().zip(&rows[j * hd..][..hd]) {
-                        *o += w[j] * x;
+                let i = ti * queries.heads + head;
+                let w = &scores[i * SEGMENT + c - base..][seen.clone()];
+                let v = &rows[seen.start * hd..seen.end * hd];
+                P::accumulate(&mut seg_out[i * hd..][..hd], w, v, hd);
+            }
+        }
+    }
+}
+
+/// A sum in 8 interleaved lanes, added pairwise at the end: vectorizes, and is a fixed function
+/// of the values.
+#[inline(always)]
+fn sum_in_lanes(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += v;
+        }
+    }
+    ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+        + tail
+}
+
+/// `e^x` for the softmax (`x <= 0`; 0 below -87.3), to about 2 ulp: Cephes' polynomial on
+/// `x - n ln 2`, scaled by `2^n` through the exponent bits. Plain multiplies and adds, so it
+/// vectorizes and gives the same bits wherever it is compiled.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // 1.5 * 2^23: adding and subtracting it rounds to an integer (nearest, ties to even).
+    const ROUND: f32 = 12_582_912.0;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let clamped = x.max(-87.3);
+    let n = (clamped * LOG2E + ROUND) - ROUND;
+    let r = (clamped - n * LN2_HI) - n * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_2e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let e = (p * r * r + r) + 1.0;
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x < -87.3 {
+        0.0
+    } else {
+        e * scale
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    pub struct Avx2;
+
+    impl super::Products for Avx2 {
+        /// f16 rows converted eight values at a time, inline.
+        #[inline(always)]
+        fn load(
+            cache: &super::KvCache,
+            offset: u64,
+            row_len: usize,
+            pos: usize,
+            col: usize,
+            out: &mut [f32],
+        ) {
+            if cache.ty != super::KvType::F16 || !out.len().is_multiple_of(8) {
+                return cache.load(offset, row_len, pos, col, out);
+            }
+            let row = &cache.row(offset, row_len, pos)[2 * col..][..2 * out.len()];
+            for (src, dst) in row.chunks_exact(16).zip(out.chunks_exact_mut(8)) {
+                // SAFETY: only reached from `segment_avx2`, which runs with F16C; 16 bytes are
+                // read from `src` and 8 values written to `dst`.
+                unsafe {
+                    let h = _mm_loadu_si128(src.as_ptr().cast());
+                    _mm256_storeu_ps(dst.as_mut_ptr(), _mm256_cvtph_ps(h));
+                }
+            }
+        }
+
+        #[inline(always)]
+        fn scores8(q: &[f32], rows: &[f32], head_dim: usize) -> [f32; 8] {
+            assert!(q.len() >= head_dim && rows.len() >= 8 * head_dim);
+            // SAFETY: only reached from `segment_avx2`, which runs with AVX2 and FMA; the
+            // loads stay inside `q` and the 8 rows (checked above, head_dim a multiple of 8).
+            unsafe {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for d in (0..head_dim).step_by(8) {
+                    let qv = _mm256_loadu_ps(q.as_ptr().add(d));
+                    for (k, a) in acc.iter_mut().enumerate() {
+                        let kv = _mm256_loadu_ps(rows.as_ptr().add(k * head_dim + d));
+                        *a = _mm256_fmadd_ps(qv, kv, *a);
                     }
+                }
+                // Eight horizontal sums at once: lane k of the result is row k's.
+                let t0 = _mm256_hadd_ps(acc[0], acc[1]);
+                let t1 = _mm256_hadd_ps(acc[2], acc[3]);
+                let t2 = _mm256_hadd_ps(acc[4], acc[5]);
+                let t3 = _mm256_hadd_ps(acc[6], acc[7]);
+                let u0 = _mm256_hadd_ps(t0, t1);
+                let u1 = _mm256_hadd_ps(t2, t3);
+                let lo = _mm256_permute2f128_ps(u0, u1, 0x20);
+                let hi = _mm256_permute2f128_ps(u0, u1, 0x31);
+                let mut out = [0f32; 8];
+                _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(lo, hi));
+                out
+            }
+        }
+
+        #[inline(always)]
+        fn accumulate(out: &mut [f32], w: &[f32], rows: &[f32], head_dim: usize) {
+            assert!(out.len() == head_dim && rows.len() >= w.len() * head_dim);
+            // SAFETY: as in `scores8`; every load and store is inside `out` or row j of `rows`.
+            unsafe {
+                let mut d = 0;
+                // Four registers of the output at a time stay in registers across the rows.
+                while d + 32 <= head_dim {
+                    let o = out.as_mut_ptr().add(d);
+                    let mut acc = [
+                        _mm256_loadu_ps(o),
+                        _mm256_loadu_ps(o.add(8)),
+                        _mm256_loadu_ps(o.add(16)),
+                        _mm256_loadu_ps(o.add(24)),
+                    ];
+                    for (j, &wj) in w.iter().enumerate() {
+                        let wv = _mm256_set1_ps(wj);
+                        let r = rows.as_ptr().add(j * head_dim + d);
+                        for (i, a) in acc.iter_mut().enumerate() {
+                            *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(r.add(8 * i)), *a);
+                        }
+                    }
+                    for (i, a) in acc.iter().enumerate() {
+                        _mm256_storeu_ps(o.add(8 * i), *a);
+                    }
+                    d += 32;
+                }
+                while d < head_dim {
+                    let o = out.as_mut_ptr().add(d);
+                    let mut acc = _mm256_loadu_ps(o);
+                    for (j, &wj) in w.iter().enumerate() {
+                        let r = rows.as_ptr().add(j * head_dim + d);
+                        acc = _mm256_fmadd_ps(_mm256_set1_ps(wj), _mm256_loadu_ps(r), acc);
+                    }
+                    _mm256_storeu_ps(o, acc);
+                    d += 8;
                 }
             }
         }
@@ -357,7 +681,7 @@ mod tests {
             head_dim: 2,
         };
         let q = [1.0, 0.0];
-        let mut scratch = Scratch::new(2, 1, 2);
+        let mut scratch = Scratch::new(1, 2);
         let mut queries = Queries {
             first_token: 0,
             tokens: 1,
@@ -379,57 +703,89 @@ mod tests {
         );
     }
 
-    /// Tokens and heads sharing a tile get the bits they get alone, on every cache type, with
-    /// and without a window, for tiles that cross chunk boundaries.
+    /// Tokens and heads sharing a tile get the bits they get alone, and a single token's
+    /// segments computed apart (as decode spreads them over threads) and merged get them too, on
+    /// every cache type, with and without a window, for tiles that cross chunk and segment
+    /// boundaries, with head sizes that take the vector path and one that does not.
     #[test]
     fn queries_sharing_a_tile_get_the_bits_they_get_alone() {
-        let (hd, heads, past, tokens) = (32, 3, 37, 6);
-        let positions = past + tokens;
-        let q: Vec<f32> = (0..tokens * heads * hd).map(|i| value(i + 1)).collect();
-        let query = |t: usize, h: usize| &q[(t * heads + h) * hd..][..hd];
-        for ty in [KvType::F32, KvType::F16, KvType::Q8_0] {
-            let (cache, kv) = filled(ty, positions, hd);
-            for window in [None, Some(20)] {
-                let mut together = Scratch::new(positions, heads, hd);
-                let queries = Queries {
-                    first_token: 0,
-                    tokens,
-                    heads,
-                    past,
-                    window,
-                    scale: 0.3,
-                };
-                attend(&cache, kv, queries, &query, &mut together);
-                for t in 0..tokens {
-                    for h in 0..heads {
-                        let mut alone = Scratch::new(positions, 1, hd);
-                        let one = Queries {
-                            first_token: t,
-                            tokens: 1,
-                            heads: 1,
-                            ..queries
-                        };
-                        attend(&cache, kv, one, &|t, _| query(t, h), &mut alone);
-                        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                        assert_eq!(
-                            bits(&alone.out[..hd]),
-                            bits(&together.out[(t * heads + h) * hd..][..hd]),
-                            "{ty} window {window:?} token {t} head {h}"
-                        );
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for (hd, past) in [(32, SEGMENT + 37), (12, 2 * SEGMENT - 3)] {
+            let (heads, tokens) = (3, 6);
+            let positions = past + tokens;
+            let q: Vec<f32> = (0..tokens * heads * hd).map(|i| value(i + 1)).collect();
+            let query = |t: usize, h: usize| &q[(t * heads + h) * hd..][..hd];
+            for ty in [KvType::F32, KvType::F16, KvType::Q8_0] {
+                if ty == KvType::Q8_0 && hd % 32 != 0 {
+                    continue;
+                }
+                let (cache, kv) = filled(ty, positions, hd);
+                for window in [None, Some(300), Some(20)] {
+                    let mut together = Scratch::new(heads, hd);
+                    let queries = Queries {
+                        first_token: 0,
+                        tokens,
+                        heads,
+                        past,
+                        window,
+                        scale: 0.3,
+                    };
+                    attend(&cache, kv, queries, &query, &mut together);
+                    for t in 0..tokens {
+                        for h in 0..heads {
+                            let label =
+                                format!("{ty} hd {hd} window {window:?} token {t} head {h}");
+                            let got = &together.out[(t * heads + h) * hd..][..hd];
+                            let mut alone = Scratch::new(1, hd);
+                            let one = Queries {
+                                first_token: t,
+                                tokens: 1,
+                                heads: 1,
+                                ..queries
+                            };
+                            let qh = |t: usize, _: usize| query(t, h);
+                            attend(&cache, kv, one, &qh, &mut alone);
+                            assert_eq!(bits(&alone.out[..hd]), bits(got), "alone: {label}");
+
+                            let (mut max, mut sum, mut out) = (0.0, 0.0, vec![0.0; hd]);
+                            for (i, s) in one.segments().enumerate() {
+                                let mut apart = Scratch::new(1, hd);
+                                attend_segment(&cache, kv, one, &qh, s, &mut apart);
+                                let part = apart.segment_partial(0, hd);
+                                merge(&mut max, &mut sum, &mut out, part, i == 0);
+                            }
+                            normalize(&mut out, sum);
+                            assert_eq!(bits(&out), bits(got), "segments apart: {label}");
+                        }
                     }
                 }
             }
         }
     }
 
+    #[test]
+    fn exp_is_within_2_ulp_for_the_softmax_range() {
+        let mut worst = 0f64;
+        for i in 0..=200_000 {
+            let x = -87.0 * i as f32 / 200_000.0;
+            let want = (x as f64).exp();
+            let ulp = f64::from(f32::EPSILON) * want;
+            worst = worst.max((exp(x) as f64 - want).abs() / ulp);
+        }
+        assert!(worst <= 2.0, "{worst} ulp");
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(-100.0), 0.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+    }
+
     /// Against attention computed in f64 from the values the cache holds.
     #[test]
     fn matches_an_f64_reference() {
-        let (hd, past, positions) = (64, 70, 71);
+        let (hd, past, positions) = (64, 600, 601);
         for ty in [KvType::F32, KvType::F16, KvType::Q8_0] {
             let (cache, kv) = filled(ty, positions, hd);
             let q: Vec<f32> = (0..hd).map(|i| value(i + 3)).collect();
-            let mut scratch = Scratch::new(positions, 1, hd);
+            let mut scratch = Scratch::new(1, hd);
             let queries = Queries {
                 first_token: 0,
                 tokens: 1,

@@ -127,6 +127,8 @@ pub struct Session<'p> {
     rope: Vec<kernels::RopeTable>,
     /// Per worker thread: attention scores and tiles.
     scratch: Vec<std::sync::Mutex<attention::Scratch>>,
+    /// A decoded token's attention per query head and cache segment, before the merge.
+    partials: Vec<f32>,
     /// The matrix products' threads, kernels, quantized-activation buffers and packed weights.
     matmul: matmul::MatMul,
     /// The normalized inputs of fused products with an RMSNorm prologue (max_batch rows).
@@ -230,7 +232,7 @@ impl<'p> Session<'p> {
             .collect();
         let threads = threads.max(1);
         let max_batch = h.limits.max_batch as usize;
-        let (mut heads_per_kv_head, mut head_dim) = (1, 1);
+        let (mut heads_per_kv_head, mut head_dim, mut n_head_max) = (1, 1, 0);
         for step in &h.steps {
             if let Kernel::Attention {
                 n_head,
@@ -247,12 +249,11 @@ impl<'p> Session<'p> {
             {
                 heads_per_kv_head = heads_per_kv_head.max((n_head / n_kv_head) as usize);
                 head_dim = head_dim.max(hd as usize);
+                n_head_max = n_head_max.max(n_head as usize);
             }
         }
         let scratch = (0..threads + 1)
-            .map(|_| {
-                std::sync::Mutex::new(attention::Scratch::new(ctx, heads_per_kv_head, head_dim))
-            })
+            .map(|_| std::sync::Mutex::new(attention::Scratch::new(heads_per_kv_head, head_dim)))
             .collect();
         let kv_row_len = h.kv.layers.iter().map(|l| l.row_len()).max().unwrap_or(0);
         let mut matmul =
@@ -318,6 +319,7 @@ impl<'p> Session<'p> {
             arena: Arena::new(h.arena.bytes),
             kv: attention::KvCache::new(h.kv.bytes, h.kv.ty),
             rotated: vec![0.0; kv_row_len],
+            partials: vec![0.0; n_head_max * ctx.div_ceil(attention::SEGMENT) * (head_dim + 2)],
             rope,
             scratch,
             matmul,
@@ -752,55 +754,113 @@ impl<'p> Session<'p> {
     }
 
     /// Attention of `n_tokens` query rows `q` at positions from `n_past` over the layer's cache,
-    /// into `out`, spread over the threads by (tile of tokens, KV head, part of its query heads).
-    fn attend(&self, heads: Heads, q: &[f32], out: &mut [f32], n_tokens: usize) {
+    /// into `out`, spread over the threads by (tile of tokens, KV head, part of its query heads),
+    /// or, for a single token whose keys span several segments, by (KV head, segment), merged
+    /// here afterwards: the same bits either way.
+    fn attend(&mut self, heads: Heads, q: &[f32], out: &mut [f32], n_tokens: usize) {
         let (hd, h) = (heads.head_dim as usize, heads.n_head as usize);
         let lay = self.plan.header.kv.layers[heads.layer as usize];
         let n_kv_head = heads.n_kv_head as usize;
         let group = h / n_kv_head;
         let tile = attention::TILE.min(n_tokens);
         let tiles = n_tokens.div_ceil(tile);
+        let queries_of = |first_token: usize, tokens: usize, count: usize| attention::Queries {
+            first_token,
+            tokens,
+            heads: count,
+            past: self.n_past,
+            window: heads.window.map(|w| w as usize),
+            scale: heads.scale,
+        };
+        let kv_of = |kv_head: usize| attention::KvHead {
+            k_offset: lay.k_offset,
+            v_offset: lay.v_offset,
+            row_len: lay.row_len(),
+            col: kv_head * hd,
+            head_dim: hd,
+        };
+        let segments = queries_of(0, 1, 1).segments();
+        let threads = self.matmul.threads();
+        let split = n_tokens == 1 && segments.len() > 1;
         // Each item reads its KV head's rows once for all its tokens and heads; a decoded token
         // still has an item per thread.
-        let parts = self
-            .matmul
-            .threads()
-            .div_ceil(tiles * n_kv_head)
-            .clamp(1, group);
+        let per_item = if split { segments.len() } else { tiles };
+        let parts = threads.div_ceil(per_item * n_kv_head).clamp(1, group);
         let per_part = group.div_ceil(parts);
         let items_per_tile = n_kv_head * parts;
-        let (past, scratch) = (self.n_past, &self.scratch);
+        let heads_of = |item: usize| {
+            let (kv_head, part) = (item / parts, item % parts);
+            let first = kv_head * group + part * per_part;
+            (
+                kv_head,
+                first,
+                per_part.min(((kv_head + 1) * group).saturating_sub(first)),
+            )
+        };
+        let scratch = &self.scratch;
+        if split {
+            let n_seg = segments.len();
+            // Per query head and segment: the segment's max, sum and weighted values.
+            let slot = hd + 2;
+            let partials = HeadRows(self.partials.as_mut_ptr());
+            let partials = &partials;
+            self.matmul.for_each(n_seg * items_per_tile, &|i, worker| {
+                let (seg, item) = (i / items_per_tile, i % items_per_tile);
+                let (kv_head, first, count) = heads_of(item);
+                if count == 0 {
+                    return;
+                }
+                let query = |_: usize, head: usize| &q[(first + head) * hd..][..hd];
+                let mut s = scratch[worker].lock().expect("not poisoned");
+                let queries = queries_of(0, 1, count);
+                let segment = segments.start + seg;
+                attention::attend_segment(
+                    &self.kv,
+                    kv_of(kv_head),
+                    queries,
+                    &query,
+                    segment,
+                    &mut s,
+                );
+                for head in 0..count {
+                    let part = s.segment_partial(head, hd);
+                    let at = ((first + head) * n_seg + seg) * slot;
+                    // SAFETY: item i is the only one writing its heads' slots of segment seg.
+                    let p = unsafe { std::slice::from_raw_parts_mut(partials.0.add(at), slot) };
+                    p[0] = part.max;
+                    p[1] = part.sum;
+                    p[2..].copy_from_slice(part.out);
+                }
+            });
+            for (head, o) in out[..h * hd].chunks_exact_mut(hd).enumerate() {
+                let (mut max, mut sum) = (0.0, 0.0);
+                for seg in 0..n_seg {
+                    let p = &self.partials[(head * n_seg + seg) * slot..][..slot];
+                    let part = attention::Partial {
+                        max: p[0],
+                        sum: p[1],
+                        out: &p[2..],
+                    };
+                    attention::merge(&mut max, &mut sum, o, part, seg == 0);
+                }
+                attention::normalize(o, sum);
+            }
+            return;
+        }
         let out = HeadRows(out.as_mut_ptr());
         let out = &out;
         self.matmul.for_each(tiles * items_per_tile, &|i, worker| {
             // Later tiles see more positions: they go first, so the last items are short.
             let first_token = (tiles - 1 - i / items_per_tile) * tile;
             let tokens = tile.min(n_tokens - first_token);
-            let item = i % items_per_tile;
-            let (kv_head, part) = (item / parts, item % parts);
-            let first = kv_head * group + part * per_part;
-            let count = per_part.min(((kv_head + 1) * group).saturating_sub(first));
+            let (kv_head, first, count) = heads_of(i % items_per_tile);
             if count == 0 {
                 return;
             }
-            let kv = attention::KvHead {
-                k_offset: lay.k_offset,
-                v_offset: lay.v_offset,
-                row_len: lay.row_len(),
-                col: kv_head * hd,
-                head_dim: hd,
-            };
-            let queries = attention::Queries {
-                first_token,
-                tokens,
-                heads: count,
-                past,
-                window: heads.window.map(|w| w as usize),
-                scale: heads.scale,
-            };
             let query = |t: usize, head: usize| &q[(t * h + first + head) * hd..][..hd];
             let mut s = scratch[worker].lock().expect("not poisoned");
-            attention::attend(&self.kv, kv, queries, &query, &mut s);
+            let queries = queries_of(first_token, tokens, count);
+            attention::attend(&self.kv, kv_of(kv_head), queries, &query, &mut s);
             for t in 0..tokens {
                 let at = ((first_token + t) * h + first) * hd;
                 // SAFETY: item i is the only one writing these head rows of the output.
