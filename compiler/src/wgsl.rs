@@ -382,7 +382,8 @@ impl Emitter<'_> {
     /// The K and V regions of layer `layer`'s cache.
     fn kv_bindings(&self, layer: u32) -> (GpuBinding, GpuBinding) {
         let lay = self.h.kv.layers[layer as usize];
-        let size = u64::from(self.h.limits.ctx) * self.h.kv.ty.row_bytes(lay.row_len()) as u64;
+        let size = u64::from(self.h.limits.ctx * lay.n_kv_head)
+            * self.h.kv.ty.row_bytes(lay.head_dim as usize) as u64;
         (
             GpuBinding::Kv {
                 offset: lay.k_offset,
@@ -610,6 +611,7 @@ impl Emitter<'_> {
                             ("BASE", Const::F(base)),
                             ("NEOX", Const::B(neox)),
                             ("KV_ROW", Const::U((n_kv_head * head_dim).into())),
+                            ("KV_CTX", Const::U(self.h.limits.ctx.into())),
                         ]);
                         format!("rope_kv_{n_head}x{head_dim}_{kv_type}")
                     }
@@ -684,6 +686,7 @@ impl Emitter<'_> {
                     ("N", Const::U(n.into())),
                     ("ROW_BYTES", Const::U(row_bytes)),
                     ("KV_ROW", Const::U((n_kv_head * head_dim).into())),
+                    ("KV_CTX", Const::U(self.h.limits.ctx.into())),
                 ];
                 let kv_type = self.h.kv.ty;
                 let k = self.kernel(
@@ -794,7 +797,11 @@ impl Emitter<'_> {
                 let kv_type = self.h.kv.ty;
                 let row = u64::from(n_kv_head * head_dim);
                 if append {
-                    let consts = [("KV_ROW", Const::U(row))];
+                    let consts = [
+                        ("KV_ROW", Const::U(row)),
+                        ("HEAD_DIM", Const::U(head_dim.into())),
+                        ("KV_CTX", Const::U(self.h.limits.ctx.into())),
+                    ];
                     let (src, items) = if kv_type == KvType::Q8_0 {
                         let mut src = prelude(None, &consts);
                         src.push_str(kv_functions(kv_type));
@@ -822,6 +829,7 @@ impl Emitter<'_> {
                     ("WINDOW", Const::U(window.unwrap_or(0).into())),
                     ("TILE", Const::U(ATTENTION_TILE.into())),
                     ("KV_ROW", Const::U(row)),
+                    ("KV_CTX", Const::U(self.h.limits.ctx.into())),
                 ];
                 let k = self.kernel(
                     i,

@@ -1,6 +1,6 @@
-// Appends the step's keys and values (rows of KV_ROW values) to a layer's Q8_0 cache at
-// n_past + t: invocation x quantizes blocks 2x and 2x + 1 of token t's row, so the word of their
-// two scales is its alone. A block's scale is its largest magnitude over 127 and its values round
+// Appends the step's keys and values (rows of KV_ROW values, heads of HEAD_DIM, a multiple of
+// 64) to a layer's Q8_0 cache at n_past + t: invocation x quantizes blocks 2x and 2x + 1 of token
+// t's row, which lie in one head, so the word of their two scales is its alone. A block's scale is its largest magnitude over 127 and its values round
 // half away from zero, as ggml's Q8_0.
 @group(0) @binding(1) var<storage, read_write> k: array<f32>;
 @group(0) @binding(2) var<storage, read_write> v: array<f32>;
@@ -46,14 +46,16 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (pair >= KV_ROW / 64u || t >= params.n_tokens) {
         return;
     }
-    let row = (params.n_past + t) * KV_ROW_WORDS;
-    let at = t * KV_ROW + 64u * pair;
+    let col = 64u * pair;
+    let row = kv_row_word(params.n_past + t, col);
+    let d = col % HEAD_DIM;
+    let at = t * KV_ROW + col;
     let kw = quantize_pair(0u, at);
     let vw = quantize_pair(1u, at);
     for (var w = 0u; w < 16u; w++) {
-        k_cache[row + 16u * pair + w] = kw[w];
-        v_cache[row + 16u * pair + w] = vw[w];
+        k_cache[row + d / 4u + w] = kw[w];
+        v_cache[row + d / 4u + w] = vw[w];
     }
-    k_cache[row + KV_ROW / 4u + pair] = kw[16];
-    v_cache[row + KV_ROW / 4u + pair] = vw[16];
+    k_cache[row + HEAD_DIM / 4u + d / 64u] = kw[16];
+    v_cache[row + HEAD_DIM / 4u + d / 64u] = vw[16];
 }

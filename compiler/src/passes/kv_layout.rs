@@ -1,5 +1,6 @@
-//! KV cache layout: for each attention layer, K and V regions of `ctx` positions, back to back,
-//! each position one row of the chosen element type.
+//! KV cache layout: for each attention layer, K and V regions back to back, each holding every
+//! KV head's `ctx` positions in turn, a position one row of `head_dim` values of the chosen
+//! element type.
 
 use llamart::plan::{KvLayer, KvLayout, KvType};
 
@@ -18,11 +19,11 @@ pub fn run(g: &Graph, schedule: &[NodeId], ctx: u32, ty: KvType) -> Result<KvLay
         let (n_kv_head, head_dim) = g
             .attention_kv_heads(id)
             .expect("shape inference checked attention operands");
-        ty.supports(n_kv_head as u32, head_dim as u32)
+        ty.supports(head_dim as u32)
             .map_err(|why| PassError::Kv(format!("layer {layer}: {why}")))?;
-        let row = ty.row_bytes((n_kv_head * head_dim) as usize) as u64;
-        // Regions stay aligned for GPU bindings.
-        let region = (u64::from(ctx) * row).div_ceil(BUFFER_ALIGN) * BUFFER_ALIGN;
+        let row = ty.row_bytes(head_dim as usize) as u64;
+        // Each KV head's positions back to back; regions stay aligned for GPU bindings.
+        let region = (u64::from(ctx) * n_kv_head * row).div_ceil(BUFFER_ALIGN) * BUFFER_ALIGN;
         layers.push((
             layer,
             KvLayer {
@@ -81,7 +82,7 @@ mod tests {
         assert_eq!(half.bytes, 3 * 2 * 256, "f16 rows are half as long");
         let err = run(&g, &schedule::run(&g), 10, KvType::Q8_0).unwrap_err();
         assert!(
-            err.to_string().contains("multiple of 32"),
+            err.to_string().contains("multiple of 64"),
             "heads of 4 values cannot hold q8_0 blocks: {err}"
         );
     }

@@ -25,17 +25,20 @@ pub const SEGMENT: usize = 256;
 pub const TILE: usize = 8;
 
 /// Every layer's keys and values: one allocation of zeroed memory, so pages are only touched
-/// when a position is first written.
+/// when a position is first written. A layer's K (or V) region holds each KV head's `ctx` rows
+/// back to back, so reading one head's keys streams through contiguous memory.
 pub struct KvCache {
     words: Vec<u32>,
     ty: KvType,
+    ctx: usize,
 }
 
 impl KvCache {
-    pub fn new(bytes: u64, ty: KvType) -> Self {
+    pub fn new(bytes: u64, ty: KvType, ctx: usize) -> Self {
         KvCache {
             words: vec![0; bytes.div_ceil(4) as usize],
             ty,
+            ctx,
         }
     }
 
@@ -43,51 +46,51 @@ impl KvCache {
         bytemuck::cast_slice(&self.words)
     }
 
-    /// Stores `rows` (whole rows of `row_len` values) at positions `pos`, `pos + 1`, ... of the
-    /// region that starts at byte `offset`.
-    pub fn store(&mut self, offset: u64, row_len: usize, pos: usize, rows: &[f32]) {
-        let row_bytes = self.ty.row_bytes(row_len);
-        let start = offset as usize + pos * row_bytes;
-        let ty = self.ty;
-        let dst: &mut [u8] = bytemuck::cast_slice_mut(&mut self.words);
-        let dst = &mut dst[start..start + rows.len() / row_len * row_bytes];
-        for (src, dst) in rows
-            .chunks_exact(row_len)
-            .zip(dst.chunks_exact_mut(row_bytes))
-        {
-            match ty {
-                KvType::F32 => dst.copy_from_slice(bytemuck::cast_slice(src)),
-                KvType::F16 => {
-                    use half::slice::HalfFloatSliceExt;
-                    let halves: &mut [f16] = bytemuck::cast_slice_mut(dst);
-                    halves.convert_from_f32_slice(src);
+    /// Where head `head`'s row for position `pos` starts in the region at byte `region`.
+    fn row_start(&self, region: u64, head_dim: usize, head: usize, pos: usize) -> usize {
+        region as usize + (head * self.ctx + pos) * self.ty.row_bytes(head_dim)
+    }
+
+    /// Stores the keys (or values) of tokens at positions `pos`, `pos + 1`, ...: `rows` holds
+    /// each token's `heads` heads of `head_dim` values.
+    pub fn store(&mut self, region: u64, heads: usize, head_dim: usize, pos: usize, rows: &[f32]) {
+        let row_bytes = self.ty.row_bytes(head_dim);
+        for (t, token) in rows.chunks_exact(heads * head_dim).enumerate() {
+            for (head, src) in token.chunks_exact(head_dim).enumerate() {
+                let start = self.row_start(region, head_dim, head, pos + t);
+                let ty = self.ty;
+                let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.words);
+                let dst = &mut bytes[start..start + row_bytes];
+                match ty {
+                    KvType::F32 => dst.copy_from_slice(bytemuck::cast_slice(src)),
+                    KvType::F16 => {
+                        use half::slice::HalfFloatSliceExt;
+                        let halves: &mut [f16] = bytemuck::cast_slice_mut(dst);
+                        halves.convert_from_f32_slice(src);
+                    }
+                    KvType::Q8_0 => store_q8_0(src, dst),
                 }
-                KvType::Q8_0 => store_q8_0(src, dst),
             }
         }
     }
 
-    /// Row `pos` of the region at byte `offset`, as stored.
-    fn row(&self, offset: u64, row_len: usize, pos: usize) -> &[u8] {
-        let row_bytes = self.ty.row_bytes(row_len);
-        &self.bytes()[offset as usize + pos * row_bytes..][..row_bytes]
+    /// Head `head`'s row for position `pos`, as stored.
+    fn row(&self, region: u64, head_dim: usize, head: usize, pos: usize) -> &[u8] {
+        let start = self.row_start(region, head_dim, head, pos);
+        &self.bytes()[start..start + self.ty.row_bytes(head_dim)]
     }
 
-    /// Loads values `col .. col + out.len()` of row `pos` of the region at byte `offset`
-    /// (`col` and the length whole Q8_0 blocks for that type).
-    pub fn load(&self, offset: u64, row_len: usize, pos: usize, col: usize, out: &mut [f32]) {
-        let row = self.row(offset, row_len, pos);
+    /// Loads head `head`'s row for position `pos` (`out.len()` values).
+    pub fn load(&self, region: u64, head: usize, pos: usize, out: &mut [f32]) {
+        let row = self.row(region, out.len(), head, pos);
         match self.ty {
-            KvType::F32 => {
-                let values: &[f32] = bytemuck::cast_slice(row);
-                out.copy_from_slice(&values[col..col + out.len()]);
-            }
+            KvType::F32 => out.copy_from_slice(bytemuck::cast_slice(row)),
             KvType::F16 => {
                 use half::slice::HalfFloatSliceExt;
                 let values: &[f16] = bytemuck::cast_slice(row);
-                values[col..col + out.len()].convert_to_f32_slice(out);
+                values.convert_to_f32_slice(out);
             }
-            KvType::Q8_0 => load_q8_0(row, row_len, col, out),
+            KvType::Q8_0 => load_q8_0(row, out),
         }
     }
 }
@@ -106,10 +109,9 @@ fn store_q8_0(src: &[f32], dst: &mut [u8]) {
     }
 }
 
-fn load_q8_0(row: &[u8], row_len: usize, col: usize, out: &mut [f32]) {
-    let (quants, scales) = row.split_at(row_len);
-    for (i, block) in out.chunks_exact_mut(KvType::Q8_0_BLOCK).enumerate() {
-        let b = col / KvType::Q8_0_BLOCK + i;
+fn load_q8_0(row: &[u8], out: &mut [f32]) {
+    let (quants, scales) = row.split_at(out.len());
+    for (b, block) in out.chunks_exact_mut(KvType::Q8_0_BLOCK).enumerate() {
         let d = f16::from_le_bytes([scales[2 * b], scales[2 * b + 1]]).to_f32();
         for (o, &q) in block.iter_mut().zip(&quants[b * KvType::Q8_0_BLOCK..]) {
             *o = f32::from(q as i8) * d;
@@ -117,15 +119,12 @@ fn load_q8_0(row: &[u8], row_len: usize, col: usize, out: &mut [f32]) {
     }
 }
 
-/// Where one layer's keys and values are, and which head an item reads.
+/// Where one layer's keys and values are, and which KV head an item reads.
 #[derive(Clone, Copy)]
 pub struct KvHead {
     pub k_offset: u64,
     pub v_offset: u64,
-    /// Values per cached position (all KV heads).
-    pub row_len: usize,
-    /// The KV head's first value within a row.
-    pub col: usize,
+    pub head: usize,
     pub head_dim: usize,
 }
 
@@ -333,8 +332,8 @@ unsafe fn segment_avx2<'q>(
 trait Products {
     /// [`KvCache::load`].
     #[inline(always)]
-    fn load(cache: &KvCache, offset: u64, row_len: usize, pos: usize, col: usize, out: &mut [f32]) {
-        cache.load(offset, row_len, pos, col, out)
+    fn load(cache: &KvCache, region: u64, head: usize, pos: usize, out: &mut [f32]) {
+        cache.load(region, head, pos, out)
     }
     /// `q . rows[k]` for the 8 rows of `head_dim` values in `rows`.
     fn scores8(q: &[f32], rows: &[f32], head_dim: usize) -> [f32; 8];
@@ -393,7 +392,7 @@ fn segment_body<'q, P: Products>(
     for c in span.clone().step_by(CHUNK) {
         let n = CHUNK.min(span.end - c);
         for (j, row) in rows[..n * hd].chunks_exact_mut(hd).enumerate() {
-            P::load(cache, kv.k_offset, kv.row_len, c + j, kv.col, row);
+            P::load(cache, kv.k_offset, kv.head, c + j, row);
         }
         for (ti, t) in tokens.clone().enumerate() {
             let seen = visible(t, c, n);
@@ -407,8 +406,15 @@ fn segment_body<'q, P: Products>(
                 // `n` hold stale values whose scores are never stored.
                 for g in (seen.start / 8 * 8..seen.end).step_by(8) {
                     let s8 = P::scores8(qh, &rows[g * hd..][..8 * hd], hd);
-                    for j in g.max(seen.start)..(g + 8).min(seen.end) {
-                        row[c + j - base] = s8[j - g] * queries.scale;
+                    if g >= seen.start && g + 8 <= seen.end {
+                        let out = &mut row[c + g - base..][..8];
+                        for (o, s) in out.iter_mut().zip(s8) {
+                            *o = s * queries.scale;
+                        }
+                    } else {
+                        for j in g.max(seen.start)..(g + 8).min(seen.end) {
+                            row[c + j - base] = s8[j - g] * queries.scale;
+                        }
                     }
                 }
             }
@@ -424,7 +430,7 @@ fn segment_body<'q, P: Products>(
         for head in 0..queries.heads {
             let i = ti * queries.heads + head;
             let row = &mut scores[i * SEGMENT..][seen.start - base..seen.end - base];
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            let max = max_in_lanes(row);
             for x in row.iter_mut() {
                 *x = exp(*x - max);
             }
@@ -436,7 +442,7 @@ fn segment_body<'q, P: Products>(
     for c in span.clone().step_by(CHUNK) {
         let n = CHUNK.min(span.end - c);
         for (j, row) in rows[..n * hd].chunks_exact_mut(hd).enumerate() {
-            P::load(cache, kv.v_offset, kv.row_len, c + j, kv.col, row);
+            P::load(cache, kv.v_offset, kv.head, c + j, row);
         }
         for (ti, t) in tokens.clone().enumerate() {
             let seen = visible(t, c, n);
@@ -451,6 +457,23 @@ fn segment_body<'q, P: Products>(
             }
         }
     }
+}
+
+/// The largest value, in 8 interleaved lanes (vectorizes; a maximum is exact in any order).
+#[inline(always)]
+fn max_in_lanes(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = if v > *l { v } else { *l };
+        }
+    }
+    lanes.iter().fold(tail, |m, &v| m.max(v))
 }
 
 /// A sum in 8 interleaved lanes, added pairwise at the end: vectorizes, and is a fixed function
@@ -507,18 +530,11 @@ mod avx2 {
     impl super::Products for Avx2 {
         /// f16 rows converted eight values at a time, inline.
         #[inline(always)]
-        fn load(
-            cache: &super::KvCache,
-            offset: u64,
-            row_len: usize,
-            pos: usize,
-            col: usize,
-            out: &mut [f32],
-        ) {
+        fn load(cache: &super::KvCache, region: u64, head: usize, pos: usize, out: &mut [f32]) {
             if cache.ty != super::KvType::F16 || !out.len().is_multiple_of(8) {
-                return cache.load(offset, row_len, pos, col, out);
+                return cache.load(region, head, pos, out);
             }
-            let row = &cache.row(offset, row_len, pos)[2 * col..][..2 * out.len()];
+            let row = cache.row(region, out.len(), head, pos);
             for (src, dst) in row.chunks_exact(16).zip(out.chunks_exact_mut(8)) {
                 // SAFETY: only reached from `segment_avx2`, which runs with F16C; 16 bytes are
                 // read from `src` and 8 values written to `dst`.
@@ -608,45 +624,55 @@ mod tests {
         ((i * 37 % 23) as f32 - 11.0) / 7.0
     }
 
-    /// A cache of one layer with `positions` rows of `row_len` values, filled from `value`.
-    fn filled(ty: KvType, positions: usize, row_len: usize) -> (KvCache, KvHead) {
-        let region = (positions * ty.row_bytes(row_len)) as u64;
-        let mut cache = KvCache::new(2 * region, ty);
-        let k: Vec<f32> = (0..positions * row_len).map(|i| value(i + 5)).collect();
-        let v: Vec<f32> = (0..positions * row_len).map(|i| value(i + 9)).collect();
-        cache.store(0, row_len, 0, &k);
-        cache.store(region, row_len, 0, &v);
+    /// A cache of one layer with `positions` positions of two KV heads of `head_dim` values,
+    /// filled from `value`, and where its second head is.
+    fn filled(ty: KvType, positions: usize, head_dim: usize) -> (KvCache, KvHead) {
+        let region = (2 * positions * ty.row_bytes(head_dim)) as u64;
+        let mut cache = KvCache::new(2 * region, ty, positions);
+        let k: Vec<f32> = (0..positions * 2 * head_dim)
+            .map(|i| value(i + 5))
+            .collect();
+        let v: Vec<f32> = (0..positions * 2 * head_dim)
+            .map(|i| value(i + 9))
+            .collect();
+        cache.store(0, 2, head_dim, 0, &k);
+        cache.store(region, 2, head_dim, 0, &v);
         let kv = KvHead {
             k_offset: 0,
             v_offset: region,
-            row_len,
-            col: 0,
-            head_dim: row_len,
+            head: 1,
+            head_dim,
         };
         (cache, kv)
     }
 
     #[test]
     fn every_type_stores_rows_it_loads_back_within_its_rounding() {
-        let row_len = 64;
-        let src: Vec<f32> = (0..3 * row_len).map(|i| value(i) * 3.0).collect();
+        let (head_dim, heads, ctx) = (64, 2, 8);
+        // Three tokens of two heads each, stored at positions 2, 3 and 4.
+        let src: Vec<f32> = (0..3 * heads * head_dim).map(|i| value(i) * 3.0).collect();
         for (ty, tolerance) in [
             (KvType::F32, 0.0),
             (KvType::F16, 3.0 / 2048.0),
             (KvType::Q8_0, 3.0 / 127.0),
         ] {
-            let mut cache = KvCache::new(8 * ty.row_bytes(row_len) as u64, ty);
-            cache.store(64, row_len, 2, &src);
-            for (r, want) in src.chunks_exact(row_len).enumerate() {
-                let mut got = vec![0.0; 32];
-                cache.load(64, row_len, 2 + r, 32, &mut got);
-                for (g, w) in got.iter().zip(&want[32..]) {
+            let region = 64;
+            let bytes = region + (heads * ctx * ty.row_bytes(head_dim)) as u64;
+            let mut cache = KvCache::new(bytes, ty, ctx);
+            cache.store(region, heads, head_dim, 2, &src);
+            for (r, want) in src.chunks_exact(head_dim).enumerate() {
+                let (t, head) = (r / heads, r % heads);
+                let mut got = vec![0.0; head_dim];
+                cache.load(region, head, 2 + t, &mut got);
+                for (g, w) in got.iter().zip(want) {
                     assert!((g - w).abs() <= tolerance * 1.01, "{ty}: {g} vs {w}");
                 }
             }
-            let mut untouched = vec![1.0; row_len];
-            cache.load(64, row_len, 1, 0, &mut untouched);
-            assert!(untouched.iter().all(|&x| x == 0.0), "{ty}: row 1 unwritten");
+            for head in 0..heads {
+                let mut untouched = vec![1.0; head_dim];
+                cache.load(region, head, 1, &mut untouched);
+                assert!(untouched.iter().all(|&x| x == 0.0), "{ty}: row 1 unwritten");
+            }
         }
     }
 
@@ -670,14 +696,13 @@ mod tests {
 
     #[test]
     fn attention_averages_values_by_softmax_of_scores() {
-        let mut cache = KvCache::new(32, KvType::F32);
-        cache.store(0, 2, 0, &[1.0, 0.0, 0.0, 0.0]);
-        cache.store(16, 2, 0, &[1.0, 2.0, 3.0, 4.0]);
+        let mut cache = KvCache::new(32, KvType::F32, 2);
+        cache.store(0, 1, 2, 0, &[1.0, 0.0, 0.0, 0.0]);
+        cache.store(16, 1, 2, 0, &[1.0, 2.0, 3.0, 4.0]);
         let kv = KvHead {
             k_offset: 0,
             v_offset: 16,
-            row_len: 2,
-            col: 0,
+            head: 0,
             head_dim: 2,
         };
         let q = [1.0, 0.0];
@@ -710,13 +735,13 @@ mod tests {
     #[test]
     fn queries_sharing_a_tile_get_the_bits_they_get_alone() {
         let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-        for (hd, past) in [(32, SEGMENT + 37), (12, 2 * SEGMENT - 3)] {
+        for (hd, past) in [(64, SEGMENT + 37), (12, 2 * SEGMENT - 3)] {
             let (heads, tokens) = (3, 6);
             let positions = past + tokens;
             let q: Vec<f32> = (0..tokens * heads * hd).map(|i| value(i + 1)).collect();
             let query = |t: usize, h: usize| &q[(t * heads + h) * hd..][..hd];
             for ty in [KvType::F32, KvType::F16, KvType::Q8_0] {
-                if ty == KvType::Q8_0 && hd % 32 != 0 {
+                if ty.supports(hd as u32).is_err() {
                     continue;
                 }
                 let (cache, kv) = filled(ty, positions, hd);
@@ -797,7 +822,7 @@ mod tests {
             attend(&cache, kv, queries, &|_, _| &q, &mut scratch);
             let row = |offset: u64, j: usize| {
                 let mut r = vec![0.0; hd];
-                cache.load(offset, hd, j, 0, &mut r);
+                cache.load(offset, kv.head, j, &mut r);
                 r
             };
             let scores: Vec<f64> = (0..positions)

@@ -317,7 +317,7 @@ impl<'p> Session<'p> {
         Ok(Session {
             plan,
             arena: Arena::new(h.arena.bytes),
-            kv: attention::KvCache::new(h.kv.bytes, h.kv.ty),
+            kv: attention::KvCache::new(h.kv.bytes, h.kv.ty, ctx),
             rotated: vec![0.0; kv_row_len],
             partials: vec![0.0; n_head_max * ctx.div_ceil(attention::SEGMENT) * (head_dim + 2)],
             rope,
@@ -589,8 +589,9 @@ impl<'p> Session<'p> {
                     let at = self.kv_write_position(n_tokens);
                     let k_new = read(&step.inputs[1], kv_row);
                     let v_new = read(&step.inputs[2], kv_row);
-                    self.kv.store(lay.k_offset, kv_row, at, k_new);
-                    self.kv.store(lay.v_offset, kv_row, at, v_new);
+                    let (heads, hd) = (n_kv_head as usize, head_dim as usize);
+                    self.kv.store(lay.k_offset, heads, hd, at, k_new);
+                    self.kv.store(lay.v_offset, heads, hd, at, v_new);
                 }
                 let q = read(&step.inputs[0], h * hd);
                 let heads = Heads {
@@ -744,8 +745,8 @@ impl<'p> Session<'p> {
                             let pos = past + t;
                             table.apply(q, &mut out[t * q_len..][..q_len], h, hd, neox, pos);
                             table.apply(k_new, rotated, hkv, hd, neox, pos);
-                            self.kv.store(lay.k_offset, kv_len, at + t, rotated);
-                            self.kv.store(lay.v_offset, kv_len, at + t, v_new);
+                            self.kv.store(lay.k_offset, hkv, hd, at + t, rotated);
+                            self.kv.store(lay.v_offset, hkv, hd, at + t, v_new);
                         }
                     }
                 }
@@ -775,8 +776,7 @@ impl<'p> Session<'p> {
         let kv_of = |kv_head: usize| attention::KvHead {
             k_offset: lay.k_offset,
             v_offset: lay.v_offset,
-            row_len: lay.row_len(),
-            col: kv_head * hd,
+            head: kv_head,
             head_dim: hd,
         };
         let segments = queries_of(0, 1, 1).segments();
@@ -957,8 +957,9 @@ fn validate(plan: &LoadedPlan) -> Result<(), LoadError> {
                 "heads {n_head}/{n_kv_head}x{head_dim} vs KV layer {lay:?}"
             ));
         }
-        h.kv.ty.supports(n_kv_head, head_dim)?;
-        let region = u64::from(h.limits.ctx) * h.kv.ty.row_bytes(lay.row_len()) as u64;
+        h.kv.ty.supports(head_dim)?;
+        let region =
+            u64::from(h.limits.ctx * n_kv_head) * h.kv.ty.row_bytes(head_dim as usize) as u64;
         for off in [lay.k_offset, lay.v_offset] {
             if off % 4 != 0 || off.checked_add(region).is_none_or(|e| e > h.kv.bytes) {
                 return Err(format!(

@@ -246,8 +246,8 @@ pub struct ArenaLayout {
     pub bytes: u64,
 }
 
-/// The KV cache: per layer, K and V regions of `ctx` rows, one row per position holding
-/// `[n_kv_head][head_dim]` values stored as `ty`.
+/// The KV cache: per layer, K and V regions, each `[n_kv_head][ctx]` rows of `head_dim` values
+/// stored as `ty`: one KV head's positions back to back, so attention streams through them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KvLayout {
     pub bytes: u64,
@@ -277,9 +277,9 @@ pub enum KvType {
     /// IEEE half precision, rounded to nearest even, as llama.cpp's default cache. The default.
     F16,
     /// Blocks of 32 values as 8-bit integers times an f16 scale (`amax / 127`), ggml's Q8_0
-    /// rounding. A row stores its `row_len` integers first, then its `row_len / 32` scales, so
-    /// rows stay 4-byte aligned for the GPU; rows must hold whole blocks within each head and
-    /// an even number of blocks ([`KvType::supports`]).
+    /// rounding. A row (one head, one position) stores its `head_dim` integers first, then its
+    /// `head_dim / 32` scales, so rows stay 4-byte aligned for the GPU; a row must hold an even
+    /// number of blocks ([`KvType::supports`]).
     Q8_0,
 }
 
@@ -290,7 +290,7 @@ impl KvType {
     /// Values in one Q8_0 block.
     pub const Q8_0_BLOCK: usize = 32;
 
-    /// Bytes one cached position takes for a row of `row_len` values.
+    /// Bytes of a row of `row_len` values.
     pub fn row_bytes(self, row_len: usize) -> usize {
         match self {
             KvType::F32 => 4 * row_len,
@@ -299,26 +299,20 @@ impl KvType {
         }
     }
 
-    /// Whether rows of `n_kv_head` heads of `head_dim` values can be stored as this type: an f16
-    /// row must pair its values into 4-byte words, a Q8_0 row needs whole blocks per head and
-    /// an even number of them per row (their f16 scales pair into words).
-    pub fn supports(self, n_kv_head: u32, head_dim: u32) -> Result<(), String> {
-        let block = Self::Q8_0_BLOCK as u32;
+    /// Whether heads of `head_dim` values can be stored as this type: an f16 row must pair its
+    /// values into 4-byte words, a Q8_0 row needs an even number of whole blocks (its f16
+    /// scales pair into words).
+    pub fn supports(self, head_dim: u32) -> Result<(), String> {
+        let pair = 2 * Self::Q8_0_BLOCK as u32;
         match self {
             KvType::F32 => Ok(()),
             KvType::F16 if head_dim.is_multiple_of(2) => Ok(()),
             KvType::F16 => Err(format!(
                 "an f16 cache needs an even head size, not {head_dim}"
             )),
-            KvType::Q8_0
-                if head_dim.is_multiple_of(block)
-                    && (n_kv_head * head_dim / block).is_multiple_of(2) =>
-            {
-                Ok(())
-            }
+            KvType::Q8_0 if head_dim.is_multiple_of(pair) => Ok(()),
             KvType::Q8_0 => Err(format!(
-                "a q8_0 cache needs heads of a multiple of {block} values and an even number of \
-                 blocks per row, not {n_kv_head} heads of {head_dim}"
+                "a q8_0 cache needs heads of a multiple of {pair} values, not {head_dim}"
             )),
         }
     }
