@@ -382,6 +382,8 @@ fn segment_body<'q, P: Products>(
         seg_out,
         ..
     } = scratch;
+    // The K and V passes below share their shape but not a helper: a closure does not inherit
+    // this function's target features, and the intrinsics would no longer inline (20x slower).
     // The positions of chunk `c` (its first position and length) that token t sees, as offsets
     // into the chunk.
     let visible = |t: usize, c: usize, n: usize| {
