@@ -71,6 +71,7 @@ fn shader(name: &str) -> &'static str {
             include_str!("../../shaders/rope.wgsl")
         ),
         "kv_store" => include_str!("../../shaders/kv_store.wgsl"),
+        "kv_store_q8_0" => include_str!("../../shaders/kv/store_q8_0.wgsl"),
         "attention" => concat!(
             include_str!("../../shaders/attention.wgsl"),
             include_str!("../../shaders/attention_store.wgsl")
@@ -84,10 +85,20 @@ fn shader(name: &str) -> &'static str {
     }
 }
 
+/// The WGSL element a cache of type `ty` is bound as.
+fn kv_element(ty: KvType) -> &'static str {
+    if ty == KvType::F32 {
+        "f32"
+    } else {
+        "u32"
+    }
+}
+
 /// Declares a layer's cache (K at `k_binding`, V after it) as its element type stores it, and the
-/// functions that load and store it (kv/*.wgsl). `KV_ROW` (values per row) must be a constant.
+/// functions that load and store it (kv/*.wgsl). `HEAD_DIM` and `KV_CTX` (positions per head)
+/// must be constants.
 fn kv_access(ty: KvType, k_binding: u32) -> String {
-    let elem = if ty == KvType::F32 { "f32" } else { "u32" };
+    let elem = kv_element(ty);
     let mut src = String::new();
     for (name, binding) in [("k_cache", k_binding), ("v_cache", k_binding + 1)] {
         let _ = writeln!(
@@ -100,7 +111,7 @@ fn kv_access(ty: KvType, k_binding: u32) -> String {
 }
 
 /// The functions that load and store a cache of element type `ty` (no stores for Q8_0, whose
-/// rows only `kv/store_q8_0.wgsl` writes, whole blocks at a time).
+/// rows only `kv_store_q8_0` writes, whole blocks at a time).
 fn kv_functions(ty: KvType) -> &'static str {
     match ty {
         KvType::F32 => include_str!("../../shaders/kv/f32.wgsl"),
@@ -151,7 +162,7 @@ fn module(op: &str, weight: Option<GgmlType>, consts: &[(&str, Const)]) -> Strin
 }
 
 /// [`module`] for an op that reads or writes a cache of type `ty` at bindings `k_binding` and
-/// `k_binding + 1` (`consts` include `KV_ROW`).
+/// `k_binding + 1` (`consts` include `HEAD_DIM` and `KV_CTX`).
 fn kv_module(
     op: &str,
     weight: Option<GgmlType>,
@@ -599,9 +610,8 @@ impl Emitter<'_> {
                             });
                         }
                         let (kc, vc) = self.kv_bindings(layer);
-                        let elem = if kv_type == KvType::F32 { "f32" } else { "u32" };
-                        decls.push(Decl("k_cache", false, elem));
-                        decls.push(Decl("v_cache", false, elem));
+                        decls.push(Decl("k_cache", false, kv_element(kv_type)));
+                        decls.push(Decl("v_cache", false, kv_element(kv_type)));
                         extra.extend([kc, vc]);
                         consts.extend([
                             ("N_HEAD", Const::U(n_head.into())),
@@ -610,7 +620,6 @@ impl Emitter<'_> {
                             ("N_ROT", Const::U(n_rot.into())),
                             ("BASE", Const::F(base)),
                             ("NEOX", Const::B(neox)),
-                            ("KV_ROW", Const::U((n_kv_head * head_dim).into())),
                             ("KV_CTX", Const::U(self.h.limits.ctx.into())),
                         ]);
                         format!("rope_kv_{n_head}x{head_dim}_{kv_type}")
@@ -685,7 +694,6 @@ impl Emitter<'_> {
                     ("TILE", Const::U(ATTENTION_TILE.into())),
                     ("N", Const::U(n.into())),
                     ("ROW_BYTES", Const::U(row_bytes)),
-                    ("KV_ROW", Const::U((n_kv_head * head_dim).into())),
                     ("KV_CTX", Const::U(self.h.limits.ctx.into())),
                 ];
                 let kv_type = self.h.kv.ty;
@@ -802,16 +810,13 @@ impl Emitter<'_> {
                         ("HEAD_DIM", Const::U(head_dim.into())),
                         ("KV_CTX", Const::U(self.h.limits.ctx.into())),
                     ];
-                    let (src, items) = if kv_type == KvType::Q8_0 {
-                        let mut src = prelude(None, &consts);
-                        src.push_str(kv_functions(kv_type));
-                        src.push_str(include_str!("../../shaders/kv/store_q8_0.wgsl"));
-                        // An item per pair of blocks.
-                        (src, row / 64)
+                    // An item per pair of blocks (Q8_0) or of values.
+                    let (op, items) = if kv_type == KvType::Q8_0 {
+                        ("kv_store_q8_0", row / 64)
                     } else {
-                        // An item per pair of values.
-                        (kv_module("kv_store", None, &consts, kv_type, 3), row / 2)
+                        ("kv_store", row / 2)
                     };
+                    let src = kv_module(op, None, &consts, kv_type, 3);
                     let store = self.kernel(i, format!("kv_store_{row}_{kv_type}"), src)?;
                     self.dispatch(
                         i,
@@ -828,7 +833,6 @@ impl Emitter<'_> {
                     ("SCALE", Const::F(scale)),
                     ("WINDOW", Const::U(window.unwrap_or(0).into())),
                     ("TILE", Const::U(ATTENTION_TILE.into())),
-                    ("KV_ROW", Const::U(row)),
                     ("KV_CTX", Const::U(self.h.limits.ctx.into())),
                 ];
                 let k = self.kernel(

@@ -2,10 +2,9 @@
 // 64) to a layer's Q8_0 cache at n_past + t: invocation x quantizes blocks 2x and 2x + 1 of token
 // t's row, which lie in one head, so the word of their two scales is its alone. A block's scale is its largest magnitude over 127 and its values round
 // half away from zero, as ggml's Q8_0.
+// The cache (bindings 3 and 4, u32) and its loaders come from kv/q8_0.wgsl.
 @group(0) @binding(1) var<storage, read_write> k: array<f32>;
 @group(0) @binding(2) var<storage, read_write> v: array<f32>;
-@group(0) @binding(3) var<storage, read_write> k_cache: array<u32>;
-@group(0) @binding(4) var<storage, read_write> v_cache: array<u32>;
 
 // Value i (of 64) of the pair of blocks that starts at `at`, of k (which = 0) or v.
 fn source(which: u32, at: u32) -> f32 {

@@ -331,15 +331,15 @@ impl std::fmt::Display for KvType {
 impl std::str::FromStr for KvType {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "f16" => Ok(KvType::F16),
-            "f32" => Ok(KvType::F32),
-            "q8_0" => Ok(KvType::Q8_0),
-            _ => Err(format!(
-                "unknown KV cache type {s:?}: use one of {}",
-                KvType::NAMES.join(", ")
-            )),
-        }
+        [KvType::F16, KvType::F32, KvType::Q8_0]
+            .into_iter()
+            .find(|ty| ty.to_string() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown KV cache type {s:?}: use one of {}",
+                    KvType::NAMES.join(", ")
+                )
+            })
     }
 }
 
