@@ -14,6 +14,7 @@ use std::ops::Range;
 
 use half::f16;
 
+use super::kernels::exp;
 use crate::plan::KvType;
 
 /// Cache rows converted to f32 at a time: few enough to stay in the core's first-level cache; a
@@ -495,34 +496,6 @@ fn sum_in_lanes(x: &[f32]) -> f32 {
         + tail
 }
 
-/// `e^x` for the softmax (`x <= 0`; 0 below -87.3), to about 2 ulp: Cephes' polynomial on
-/// `x - n ln 2`, scaled by `2^n` through the exponent bits. Plain multiplies and adds, so it
-/// vectorizes and gives the same bits wherever it is compiled.
-#[inline(always)]
-pub fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // 1.5 * 2^23: adding and subtracting it rounds to an integer (nearest, ties to even).
-    const ROUND: f32 = 12_582_912.0;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let clamped = x.max(-87.3);
-    let n = (clamped * LOG2E + ROUND) - ROUND;
-    let r = (clamped - n * LN2_HI) - n * LN2_LO;
-    let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_2e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 0.166_666_65;
-    p = p * r + 0.5;
-    let e = (p * r * r + r) + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    if x < -87.3 {
-        0.0
-    } else {
-        e * scale
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -788,21 +761,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn exp_is_within_2_ulp_for_the_softmax_range() {
-        let mut worst = 0f64;
-        for i in 0..=200_000 {
-            let x = -87.0 * i as f32 / 200_000.0;
-            let want = (x as f64).exp();
-            let ulp = f64::from(f32::EPSILON) * want;
-            worst = worst.max((exp(x) as f64 - want).abs() / ulp);
-        }
-        assert!(worst <= 2.0, "{worst} ulp");
-        assert_eq!(exp(0.0), 1.0);
-        assert_eq!(exp(-100.0), 0.0);
-        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
     }
 
     /// Against attention computed in f64 from the values the cache holds.

@@ -202,6 +202,19 @@ impl MatMul {
         });
     }
 
+    /// Calls `f(range)` on contiguous ranges that cover `0..len`, one per thread, or on all of
+    /// it on the calling thread when a thread would get fewer than `min_len`: for pointwise work
+    /// between the products, which would otherwise leave the other threads spinning.
+    pub fn split(&self, len: usize, min_len: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+        let parts = self.threads().min(len / min_len.max(1));
+        if parts <= 1 {
+            return f(0..len);
+        }
+        self.for_each(parts, &|part, _| {
+            f(len * part / parts..len * (part + 1) / parts)
+        });
+    }
+
     /// Tells how weight `id` (`n` rows of `k` values of type `ty`, the plan's bytes `w`) is laid
     /// out: `packed` as the plan marks it. [`MatMul::run`] with the same `id` then reads it
     /// through the packed kernels, or, where this CPU has none for the type (the portable

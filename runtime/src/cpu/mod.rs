@@ -91,6 +91,41 @@ fn add_parts(x: &[f32], (parts, count): (&[f32], usize), out: &mut [f32], len: u
     }
 }
 
+/// Values a thread should get at least in pointwise work spread over the threads: less is not
+/// worth handing out.
+const MIN_VALUES_PER_THREAD: usize = 4096;
+
+/// `f(rows, out_rows)` over ranges of the rows of `out` (`row_len` values each), spread over
+/// the matrix products' threads; `out_rows` is those rows of `out`.
+fn par_rows(
+    matmul: &matmul::MatMul,
+    out: &mut [f32],
+    row_len: usize,
+    f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
+) {
+    let rows = out.len() / row_len;
+    let out = Disjoint::new(out);
+    matmul.split(rows, MIN_VALUES_PER_THREAD.div_ceil(row_len), &|r| {
+        // SAFETY: `split` hands out disjoint row ranges.
+        let o = unsafe { out.range(r.start * row_len, r.len() * row_len) };
+        f(r, o)
+    });
+}
+
+/// [`add_parts`] over ranges of rows on the matrix products' threads.
+fn add_parts_in_parallel(
+    matmul: &matmul::MatMul,
+    x: &[f32],
+    (parts, count): (&[f32], usize),
+    out: &mut [f32],
+    len: usize,
+) {
+    par_rows(matmul, out, len, |r, o| {
+        let parts = &parts[r.start * count * len..r.end * count * len];
+        add_parts(&x[r.start * len..r.end * len], (parts, count), o, len)
+    });
+}
+
 /// What an attention step attends with.
 #[derive(Clone, Copy)]
 struct Heads {
@@ -102,10 +137,34 @@ struct Heads {
     window: Option<u32>,
 }
 
-/// The attention output, written by head rows from the matmul workers.
-struct HeadRows(*mut f32);
-// SAFETY: every parallel item writes a distinct head row.
-unsafe impl Sync for HeadRows {}
+/// A slice that parallel items write in disjoint ranges (attention's head rows, pointwise
+/// steps' row ranges).
+struct Disjoint<'a> {
+    ptr: *mut f32,
+    len: usize,
+    _slice: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: the items write through it only in ranges no other item touches (see `range`).
+unsafe impl Sync for Disjoint<'_> {}
+
+impl<'a> Disjoint<'a> {
+    fn new(slice: &'a mut [f32]) -> Self {
+        Disjoint {
+            ptr: slice.as_mut_ptr(),
+            len: slice.len(),
+            _slice: std::marker::PhantomData,
+        }
+    }
+
+    /// # Safety
+    /// No other live slice from this `Disjoint` overlaps `at..at + len`.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn range(&self, at: usize, len: usize) -> &'a mut [f32] {
+        assert!(at + len <= self.len);
+        std::slice::from_raw_parts_mut(self.ptr.add(at), len)
+    }
+}
 
 /// Aligned, zeroed f32 storage (16-byte rows are what the memory planner guarantees).
 struct Arena(Vec<f32>);
@@ -505,14 +564,11 @@ impl<'p> Session<'p> {
                 }
             }
             Kernel::RmsNorm { n, groups, eps } => {
-                let per_row = (n * groups) as usize;
-                kernels::rms_norm(
-                    read(&step.inputs[0], per_row),
-                    weight_f32(&step.inputs[1]),
-                    write(per_row),
-                    n as usize,
-                    eps,
-                )
+                let (per_row, n) = ((n * groups) as usize, n as usize);
+                let (x, w) = (read(&step.inputs[0], per_row), weight_f32(&step.inputs[1]));
+                par_rows(&self.matmul, write(per_row), n, |r, o| {
+                    kernels::rms_norm(&x[r.start * n..r.end * n], w, o, n, eps)
+                });
             }
             Kernel::MatMul { k, n } => {
                 let Buf::Weight(w) = step.inputs[1] else {
@@ -671,12 +727,15 @@ impl<'p> Session<'p> {
                 let mut x = read(&step.inputs[0], k);
                 if partials.is_some_and(|p| p.into == PartialsInto::Input) {
                     let summed = &mut self.summed[..n_tokens * k];
-                    add_parts(x, parts(k), summed, k);
+                    add_parts_in_parallel(&self.matmul, x, parts(k), summed, k);
                     x = summed;
                 }
                 if let Some(eps) = norm {
                     let normed = &mut self.normed[..n_tokens * k];
-                    kernels::rms_norm(x, weight_f32(&step.inputs[2]), normed, k, eps);
+                    let w = weight_f32(&step.inputs[2]);
+                    par_rows(&self.matmul, normed, k, |r, o| {
+                        kernels::rms_norm(&x[r.start * k..r.end * k], w, o, k, eps)
+                    });
                     x = normed;
                 }
                 let rest = &step.inputs[2 + usize::from(norm.is_some())..];
@@ -688,25 +747,28 @@ impl<'p> Session<'p> {
                         let mut residual = read(&rest[0], n);
                         if partials.is_some_and(|p| p.into == PartialsInto::Residual) {
                             let summed = &mut self.summed[..n_tokens * n];
-                            add_parts(residual, parts(n), summed, n);
+                            add_parts_in_parallel(&self.matmul, residual, parts(n), summed, n);
                             residual = summed;
                         }
-                        for (o, &r) in y.iter_mut().zip(residual) {
-                            // r + o, as the unfused add computed it (addition commutes exactly).
-                            *o += r;
-                        }
+                        par_rows(&self.matmul, y, n, |r, o| {
+                            for (o, &r) in o.iter_mut().zip(&residual[r.start * n..r.end * n]) {
+                                // r + o, as the unfused add computed it (addition commutes
+                                // exactly).
+                                *o += r;
+                            }
+                        });
                     }
                     Epilogue::Glu(op) => {
                         let wide = &mut self.wide[..n_tokens * n];
                         self.matmul.run(w as usize, ty, weight, x, wide, k, n);
+                        let wide = &*wide;
                         let m = n / 2;
-                        let out = write(m);
-                        for (row, o) in wide.chunks_exact(n).zip(out.chunks_exact_mut(m)) {
-                            let (gate, up) = row.split_at(m);
-                            for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
-                                *o = kernels::activation(g, op) * u;
+                        par_rows(&self.matmul, write(m), m, |r, out| {
+                            for (t, o) in r.zip(out.chunks_exact_mut(m)) {
+                                let (gate, up) = wide[t * n..(t + 1) * n].split_at(m);
+                                kernels::glu(gate, up, o, op);
                             }
-                        }
+                        });
                     }
                     Epilogue::RopeKv {
                         layer,
@@ -802,7 +864,7 @@ impl<'p> Session<'p> {
             let n_seg = segments.len();
             // Per query head and segment: the segment's max, sum and weighted values.
             let slot = hd + 2;
-            let partials = HeadRows(self.partials.as_mut_ptr());
+            let partials = Disjoint::new(&mut self.partials);
             let partials = &partials;
             self.matmul.for_each(n_seg * items_per_tile, &|i, worker| {
                 let (seg, item) = (i / items_per_tile, i % items_per_tile);
@@ -826,7 +888,7 @@ impl<'p> Session<'p> {
                     let part = s.segment_partial(head, hd);
                     let at = ((first + head) * n_seg + seg) * slot;
                     // SAFETY: item i is the only one writing its heads' slots of segment seg.
-                    let p = unsafe { std::slice::from_raw_parts_mut(partials.0.add(at), slot) };
+                    let p = unsafe { partials.range(at, slot) };
                     p[0] = part.max;
                     p[1] = part.sum;
                     p[2..].copy_from_slice(part.out);
@@ -847,7 +909,7 @@ impl<'p> Session<'p> {
             }
             return;
         }
-        let out = HeadRows(out.as_mut_ptr());
+        let out = Disjoint::new(out);
         let out = &out;
         self.matmul.for_each(tiles * items_per_tile, &|i, worker| {
             // Later tiles see more positions: they go first, so the last items are short.
@@ -864,7 +926,7 @@ impl<'p> Session<'p> {
             for t in 0..tokens {
                 let at = ((first_token + t) * h + first) * hd;
                 // SAFETY: item i is the only one writing these head rows of the output.
-                let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(at), count * hd) };
+                let o = unsafe { out.range(at, count * hd) };
                 o.copy_from_slice(&s.out[t * count * hd..][..count * hd]);
             }
         });
