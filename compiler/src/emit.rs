@@ -145,8 +145,8 @@ pub fn emit<'a>(
 }
 
 /// Stores the weights of matrix products in the CPU's packed layout where the CPU multiplies
-/// them with packed kernels (legacy types with quantized activations, at least one group of
-/// rows), so that it maps them as they are instead of re-laying a copy at load.
+/// them with packed kernels (the legacy types and the K-quants with quantized activations, at
+/// least one group of rows), so that it maps them as they are instead of re-laying a copy at load.
 fn pack_product_weights(header: &mut PlanHeader, bytes: &mut [WeightBytes<'_>]) {
     for step in &header.steps {
         let (k, n) = match step.kernel {

@@ -1,9 +1,11 @@
-//! Micro-benchmarks of the CPU matrix-product kernels at SmolLM2-135M's sizes.
+//! Micro-benchmarks of the CPU matrix-product kernels at the test models' sizes.
 //!
 //! `cargo bench -p llamart --bench kernels [-- FILTER]`. Shapes are `KxN` as GGUF writes them
-//! (K inputs, N output rows): 576x1536 (ffn gate/up), 1536x576 (ffn down) and 576x49152 (the
-//! tied Q8_0 LM head). Single-token products (decode) report weight bytes per second, to compare
-//! with the memory bandwidth; the T=64 batches (prefill) report multiply-adds per second.
+//! (K inputs, N output rows): for the legacy types SmolLM2-135M's 576x1536 (ffn gate/up),
+//! 1536x576 (ffn down) and 576x49152 (the tied Q8_0 LM head); for the K-quants the FFN down
+//! products of Qwen2.5-0.5B (4864x896) and Gemma-3-270M (2048x640). Decode products (T1, and
+//! T2: one token's two activation terms) report weight bytes per second, to compare with the
+//! memory bandwidth; the T=64 batches (prefill) report multiply-adds per second.
 
 use std::hint::black_box;
 
@@ -14,6 +16,15 @@ use llamart::plan::Activations;
 use llamart::GgmlType;
 
 const SHAPES: [(usize, usize); 3] = [(576, 1536), (1536, 576), (576, 49152)];
+const K_SHAPES: [(usize, usize); 2] = [(4864, 896), (2048, 640)];
+
+fn shapes(ty: GgmlType) -> &'static [(usize, usize)] {
+    if ty.block_len() == 256 {
+        &K_SHAPES
+    } else {
+        &SHAPES
+    }
+}
 
 /// Deterministic bytes (xorshift) with every block's f16 scale fields set to small values, so the
 /// products stay finite whatever the quants are.
@@ -27,7 +38,11 @@ fn weights(ty: GgmlType, k: usize, n: usize) -> Vec<u8> {
             state as u8
         })
         .collect();
-    let scale_fields: &[usize] = if ty == GgmlType::Q4_1 { &[0, 2] } else { &[0] };
+    let scale_fields: &[usize] = match ty {
+        GgmlType::Q4_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q6_K => &[208],
+        _ => &[0],
+    };
     for block in w.chunks_exact_mut(ty.block_bytes()) {
         for &at in scale_fields {
             block[at..at + 2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
@@ -51,15 +66,20 @@ fn levels() -> Vec<Kernels> {
 
 /// One thread, one kernel call over all rows: the kernels' own speed.
 fn tiles(c: &mut Criterion) {
-    for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
+    for ty in [
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ] {
         let format = ActFormat::vec_dot_type(ty).unwrap();
-        for (k, n) in SHAPES {
+        for &(k, n) in shapes(ty) {
             let w = weights(ty, k, n);
             let row_bytes = w.len() / n;
-            for n_tokens in [1, 64] {
+            for n_tokens in [1, 2, 64] {
                 let mut group = c.benchmark_group(format!("tile/{ty}/{k}x{n}/T{n_tokens}"));
                 group.sample_size(if n_tokens * n > 1 << 20 { 10 } else { 50 });
-                group.throughput(if n_tokens == 1 {
+                group.throughput(if n_tokens <= 2 {
                     Throughput::Bytes(w.len() as u64)
                 } else {
                     Throughput::Elements((k * n * n_tokens) as u64)
@@ -122,8 +142,13 @@ fn quantize(c: &mut Criterion) {
 /// The whole threaded product as the interpreter runs it, at 1 and 2 threads: adds the
 /// quantization and the cost of handing work to the threads.
 fn products(c: &mut Criterion) {
-    for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
-        for (k, n) in SHAPES {
+    for ty in [
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ] {
+        for &(k, n) in shapes(ty) {
             // As a plan stores them.
             let w = pack::pack(ty, &weights(ty, k, n), k, n).unwrap();
             for n_tokens in [1, 64] {

@@ -64,6 +64,12 @@ unsafe fn dot_acc(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
     _mm256_add_epi32(acc, dot_u8_i8(u, s))
 }
 
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn madd_acc(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+    _mm256_add_epi32(acc, _mm256_madd_epi16(a, b))
+}
+
 /// [`super::RawActs::quantize_rows`] with the 32-value blocks quantized in AVX2.
 ///
 /// # Safety

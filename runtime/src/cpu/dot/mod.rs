@@ -7,8 +7,9 @@
 //! is that of quantizing them, as in llama.cpp.
 //!
 //! Three implementations share one interface, a [`TileFn`] per weight type that multiplies a run
-//! of weight rows with every token's activations, and for the legacy types a [`PackedFn`] that
-//! does the same on rows the compiler interleaved (see [`pack`]), which is much cheaper per block:
+//! of weight rows with every token's activations, and a [`PackedFn`] per type with a packed
+//! layout (all but Q2_K and Q3_K, which multiply f32) that does the same on rows the compiler
+//! interleaved (see [`pack`]), which is much cheaper per block:
 //!
 //! - [`portable`]: plain Rust, the reference the SIMD versions are tested against (no packed
 //!   kernels);
@@ -162,6 +163,9 @@ pub struct Kernels {
     packed_q5_0: Option<PackedFn>,
     packed_q5_1: Option<PackedFn>,
     packed_q8_0: Option<PackedFn>,
+    packed_q4_k: Option<PackedFn>,
+    packed_q5_k: Option<PackedFn>,
+    packed_q6_k: Option<PackedFn>,
 }
 
 impl Kernels {
@@ -218,6 +222,9 @@ impl Kernels {
             Q5_0 => self.packed_q5_0,
             Q5_1 => self.packed_q5_1,
             Q8_0 => self.packed_q8_0,
+            Q4_K => self.packed_q4_k,
+            Q5_K => self.packed_q5_k,
+            Q6_K => self.packed_q6_k,
             _ => None,
         }
     }

@@ -29,6 +29,9 @@ pub(super) const KERNELS: Kernels = Kernels {
     packed_q5_0: None,
     packed_q5_1: None,
     packed_q8_0: None,
+    packed_q4_k: None,
+    packed_q5_k: None,
+    packed_q6_k: None,
 };
 
 /// Block `b` of a weight row, read from bytes at any alignment.

@@ -10,7 +10,9 @@
 //! - `dot_scaled(u, s, scales) -> __m256i`: `dot_u8_i8` with each i32 multiplied by its scale;
 //! - `high_bits(qh) -> __m256i`: `0x10` in byte `i` where bit `i` of `qh` is set, else 0;
 //! - `dot_acc(acc, u, s) -> __m256i`: `acc + dot_u8_i8(u, s)`, for unsigned operands up to 255
-//!   where `UNSIGNED_Q8` is true and up to 31 otherwise.
+//!   where `UNSIGNED_Q8` is true and up to 63 otherwise;
+//! - `madd_acc(acc, a, b) -> __m256i`: `acc` plus, per i32 lane, the sum of the products of
+//!   its two i16 halves in `a` and `b`.
 //!
 //! Every row kernel multiplies one weight row with `N` tokens at once (`N` = 1..=4), so a block
 //! is loaded and unpacked once for up to four tokens; the tile functions run the tokens in groups
@@ -18,7 +20,9 @@
 //!
 //! The packed kernels (see [`super::pack`]) multiply eight interleaved rows with a token at
 //! once, one row per i32 lane: per block and token, eight `dot_acc`s and a few float operations
-//! for all eight rows.
+//! for all eight rows. The K-quant ones decode a group-block once into a scratch of unsigned
+//! quants and per-row scales for up to [`K_TILE`] tokens, and per token take one `dot_acc` per
+//! four values of the eight rows and one i32 multiply per sub-block.
 
 macro_rules! simd_kernels {
     ($features:literal, $level:expr) => {
@@ -44,6 +48,9 @@ macro_rules! simd_kernels {
             packed_q5_0: Some(packed_q5_0),
             packed_q5_1: Some(packed_q5_1),
             packed_q8_0: if UNSIGNED_Q8 { Some(packed_q8_0) } else { None },
+            packed_q4_k: Some(packed_q4_k),
+            packed_q5_k: Some(packed_q5_k),
+            packed_q6_k: Some(packed_q6_k),
         };
 
         /// Horizontal sum of eight f32 lanes.
@@ -543,6 +550,223 @@ macro_rules! simd_kernels {
                     }
                 }
             };
+        }
+
+        // The packed K-quant types, as const parameters.
+        const Q4_K: u8 = 5;
+        const Q5_K: u8 = 6;
+        const Q6_K: u8 = 7;
+
+        /// Tokens a decoded K-quant group-block serves before the next is decoded.
+        const K_TILE: usize = 16;
+
+        /// A packed K-quant group-block, decoded for the products of a tile of tokens.
+        struct KBlock {
+            /// Unsigned quants: vector `u` holds values `4u..4u + 4` of row `i` in lane `i`.
+            q: [__m256i; 64],
+            /// The rows' scale of each sub-block (i32 lanes): eight of 32 values (Q4_K, Q5_K)
+            /// or sixteen of 16 (Q6_K).
+            scales: [__m256i; 16],
+            /// What multiplies the activations' `bsums` `2k` and `2k + 1` in the offset term, as
+            /// the two i16 halves of each lane: the min of sub-block `k` twice (Q4_K, Q5_K), or
+            /// the scales of sub-blocks `2k` and `2k + 1` (Q6_K, whose quants carry `+ 32`).
+            offsets: [__m256i; 8],
+            d: __m256,
+            /// Q4_K, Q5_K.
+            dmin: __m256,
+        }
+
+        /// Eight bytes at `p`, zero-extended to i32 lanes.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn eight_u8(p: *const u8) -> __m256i {
+            _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.cast()))
+        }
+
+        /// Decodes the group-block at `p` of type `TY` into `k`.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn decode_k<const TY: u8>(p: *const u8, k: &mut KBlock) {
+            let m4 = _mm256_set1_epi8(0x0F);
+            k.d = _mm256_cvtph_ps(_mm_loadu_si128(p.cast()));
+            if TY == Q6_K {
+                for j in 0..8 {
+                    // Row i's scales of sub-blocks 2j and 2j + 1 as the i16 halves of lane i.
+                    let pair = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(16 + 16 * j).cast()));
+                    k.offsets[j] = pair;
+                    k.scales[2 * j] = _mm256_srai_epi32(_mm256_slli_epi32(pair, 16), 16);
+                    k.scales[2 * j + 1] = _mm256_srai_epi32(pair, 16);
+                }
+                let m2 = _mm256_set1_epi8(0x30);
+                for h in 0..2 {
+                    for u in 0..8 {
+                        let triple = p.add(144 + 96 * (8 * h + u));
+                        let (la, lb, hb) =
+                            (load(triple), load(triple.add(32)), load(triple.add(64)));
+                        // ql byte l: values l (low nibble) and l + 64 (high) of the half; ql byte
+                        // l + 32: values l + 32 and l + 96; qh byte l: their top two bits, in
+                        // that order from bit 0.
+                        let top = |shift: i32| {
+                            let v = match shift {
+                                4 => _mm256_slli_epi16(hb, 4),
+                                2 => _mm256_slli_epi16(hb, 2),
+                                0 => hb,
+                                _ => _mm256_srli_epi16(hb, 2),
+                            };
+                            _mm256_and_si256(v, m2)
+                        };
+                        let base = 32 * h + u;
+                        k.q[base] = _mm256_or_si256(_mm256_and_si256(la, m4), top(4));
+                        k.q[base + 8] = _mm256_or_si256(_mm256_and_si256(lb, m4), top(2));
+                        k.q[base + 16] =
+                            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(la, 4), m4), top(0));
+                        k.q[base + 24] = _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16(lb, 4), m4),
+                            top(-2),
+                        );
+                    }
+                }
+                return;
+            }
+            k.dmin = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16).cast()));
+            let low4 = _mm256_set1_epi32(0x0F);
+            let two = _mm256_set1_epi32(3);
+            for j in 0..8 {
+                let low = eight_u8(p.add(32 + 8 * j));
+                let high = eight_u8(p.add(96 + 8 * (j % 4)));
+                let shift = _mm_cvtsi32_si128(2 * (j as i32 / 4));
+                let shift_min = _mm_cvtsi32_si128(4 + 2 * (j as i32 / 4));
+                let sc_high = _mm256_and_si256(_mm256_srl_epi32(high, shift), two);
+                let mn_high = _mm256_and_si256(_mm256_srl_epi32(high, shift_min), two);
+                k.scales[j] =
+                    _mm256_or_si256(_mm256_and_si256(low, low4), _mm256_slli_epi32(sc_high, 4));
+                let min = _mm256_or_si256(_mm256_srli_epi32(low, 4), _mm256_slli_epi32(mn_high, 4));
+                k.offsets[j] = _mm256_or_si256(min, _mm256_slli_epi32(min, 16));
+            }
+            let qs = p.add(if TY == Q5_K { 128 + 256 } else { 128 });
+            let one = _mm256_set1_epi8(1);
+            for c in 0..4 {
+                for u in 0..8 {
+                    // Byte l of chunk c: values 64c + l (low nibble) and 64c + 32 + l (high).
+                    let q = load(qs.add(32 * (8 * c + u)));
+                    let (mut lo, mut hi) = (
+                        _mm256_and_si256(q, m4),
+                        _mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
+                    );
+                    if TY == Q5_K {
+                        // Bits 2c and 2c + 1 of qh byte l are the fifth bits of those values.
+                        let h = load(p.add(128 + 32 * u));
+                        let bit = |n: i32| {
+                            let b =
+                                _mm256_and_si256(_mm256_srl_epi16(h, _mm_cvtsi32_si128(n)), one);
+                            _mm256_slli_epi16(b, 4)
+                        };
+                        lo = _mm256_or_si256(lo, bit(2 * c as i32));
+                        hi = _mm256_or_si256(hi, bit(2 * c as i32 + 1));
+                    }
+                    k.q[16 * c + u] = lo;
+                    k.q[16 * c + 8 + u] = hi;
+                }
+            }
+        }
+
+        /// `acc` plus the decoded group-block's products with token `t`'s Q8_K block `b`.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn k_product<const TY: u8>(
+            k: &KBlock,
+            x: &ActView,
+            t: usize,
+            b: usize,
+            acc: __m256,
+        ) -> __m256 {
+            let a = q8k(x, t, b);
+            let qs = std::ptr::addr_of!((*a).qs).cast::<u8>();
+            let four = |u: usize| _mm256_set1_epi32(qs.add(4 * u).cast::<i32>().read_unaligned());
+            // Units per scale: eight (32 values) or four (16).
+            let per_scale = if TY == Q6_K { 4 } else { 8 };
+            let mut sumi = _mm256_setzero_si256();
+            for g in 0..64 / per_scale {
+                // Two chains, so that the dependent accumulations overlap.
+                let mut s = [_mm256_setzero_si256(); 2];
+                for u in 0..per_scale {
+                    let unit = g * per_scale + u;
+                    s[u % 2] = dot_acc(s[u % 2], k.q[unit], four(unit));
+                }
+                let s = _mm256_add_epi32(s[0], s[1]);
+                sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(s, k.scales[g]));
+            }
+            let bsums = std::ptr::addr_of!((*a).bsums).cast::<u8>();
+            let mut offset = _mm256_setzero_si256();
+            for j in 0..8 {
+                let pair = _mm256_set1_epi32(bsums.add(4 * j).cast::<i32>().read_unaligned());
+                offset = madd_acc(offset, k.offsets[j], pair);
+            }
+            let dx = _mm256_set1_ps((*a).d);
+            if TY == Q6_K {
+                // The quants were taken unsigned: 32 times the scaled bsums come off.
+                let total = _mm256_sub_epi32(sumi, _mm256_slli_epi32(offset, 5));
+                _mm256_fmadd_ps(_mm256_mul_ps(k.d, dx), _mm256_cvtepi32_ps(total), acc)
+            } else {
+                let acc = _mm256_fmadd_ps(_mm256_mul_ps(k.d, dx), _mm256_cvtepi32_ps(sumi), acc);
+                _mm256_fnmadd_ps(_mm256_mul_ps(k.dmin, dx), _mm256_cvtepi32_ps(offset), acc)
+            }
+        }
+
+        /// A K-quant [`super::PackedFn`]: every group of `packed`, tokens [`K_TILE`] at a time,
+        /// each group-block decoded once per tile.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn packed_k<const TY: u8>(
+            ty: GgmlType,
+            packed: &[u8],
+            x: &ActView,
+            y: *mut f32,
+            y_stride: usize,
+        ) {
+            let gb = Packed::group_block_bytes(ty);
+            let mut k = KBlock {
+                q: [_mm256_setzero_si256(); 64],
+                scales: [_mm256_setzero_si256(); 16],
+                offsets: [_mm256_setzero_si256(); 8],
+                d: _mm256_setzero_ps(),
+                dmin: _mm256_setzero_ps(),
+            };
+            for (g, group) in packed.chunks_exact(x.nb * gb).enumerate() {
+                let (group, y) = (group.as_ptr(), y.add(g * PACK_ROWS));
+                for t0 in (0..x.n_tokens).step_by(K_TILE) {
+                    let n = K_TILE.min(x.n_tokens - t0);
+                    let mut acc = [_mm256_setzero_ps(); K_TILE];
+                    for b in 0..x.nb {
+                        let p = group.add(b * gb);
+                        for line in (0..gb).step_by(64) {
+                            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + line).cast());
+                        }
+                        decode_k::<TY>(p, &mut k);
+                        for (i, acc) in acc[..n].iter_mut().enumerate() {
+                            *acc = k_product::<TY>(&k, x, t0 + i, b, *acc);
+                        }
+                    }
+                    for (i, a) in acc[..n].iter().enumerate() {
+                        _mm256_storeu_ps(y.add((t0 + i) * y_stride), *a);
+                    }
+                }
+            }
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn packed_q4_k(packed: &[u8], x: &ActView, y: *mut f32, y_stride: usize) {
+            packed_k::<Q4_K>(GgmlType::Q4_K, packed, x, y, y_stride)
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn packed_q5_k(packed: &[u8], x: &ActView, y: *mut f32, y_stride: usize) {
+            packed_k::<Q5_K>(GgmlType::Q5_K, packed, x, y, y_stride)
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn packed_q6_k(packed: &[u8], x: &ActView, y: *mut f32, y_stride: usize) {
+            packed_k::<Q6_K>(GgmlType::Q6_K, packed, x, y, y_stride)
         }
 
         packed!(packed_q4_0, Q4_0, 34);

@@ -244,8 +244,13 @@ fn packed_kernels_match_the_reference_and_the_portable_kernels() {
             if kernels.packed(ty).is_none() {
                 continue;
             }
-            for k in [32, 96, 576] {
-                for n_tokens in [1, 2, 3, 4, 5, 8, 11] {
+            let ks = if ty.block_len() == QK_K {
+                [256, 512, 768]
+            } else {
+                [32, 96, 576]
+            };
+            for k in ks {
+                for n_tokens in [1, 2, 3, 4, 5, 8, 11, 19] {
                     let seed = (k + n_tokens) as u64;
                     // One to three groups: pairs of groups and a group alone.
                     let rows = (1 + n_tokens % 3) * PACK_ROWS;
@@ -287,7 +292,7 @@ fn packed_groups_give_the_same_bits_together_and_alone() {
             let Some(kernel) = kernels.packed(ty) else {
                 continue;
             };
-            let (k, n_tokens, rows) = (96, 5, 2 * PACK_ROWS);
+            let (k, n_tokens, rows) = (3 * ty.block_len(), 5, 2 * PACK_ROWS);
             let mut rng = Rng::new(9);
             let w = random_weights(&mut rng, ty, rows, k);
             let x = random_activations(&mut rng, n_tokens * k);
