@@ -358,11 +358,17 @@ impl MatMul {
                             let (value, residual) = buf.split_at(n_tokens * stride);
                             for t in 0..n_tokens {
                                 let at = t * stride;
-                                for (i, j) in part.clone().enumerate() {
-                                    // SAFETY: element (t, j) belongs to the chunk holding row j.
-                                    unsafe {
-                                        *out.at(t * n + j) = value[at + i] + residual[at + i]
-                                    };
+                                // SAFETY: elements (t, part) belong to the chunk holding `part`.
+                                let o = unsafe {
+                                    std::slice::from_raw_parts_mut(
+                                        out.at(t * n + part.start),
+                                        part.len(),
+                                    )
+                                };
+                                let (v, r) =
+                                    (&value[at..at + o.len()], &residual[at..at + o.len()]);
+                                for ((o, &v), &r) in o.iter_mut().zip(v).zip(r) {
+                                    *o = v + r;
                                 }
                             }
                         }
