@@ -50,8 +50,8 @@ pub fn binary(
 
 /// `y = op(x)`, value by value.
 pub fn unary(x: &[f32], y: &mut [f32], op: UnaryOp) {
-    // `x * 1.0` is `x` exactly: the same function as `glu`'s, so the unfused steps and the
-    // fused epilogue give the same bits.
+    // The value function of `glu`, so an unfused activation followed by the product with `up`
+    // gives the fused epilogue's bits.
     gated(x, None, y, op);
 }
 
