@@ -44,10 +44,14 @@
 //! That is exactly [`PACK_ROWS`] blocks' worth of bytes, so packed weights stream no more memory
 //! than the originals, and every bit of the rows is kept.
 
+use crate::quant::get_scale_min_k4;
 use crate::GgmlType;
 
 /// Rows interleaved in a packed group: one per i32 lane of a 256-bit vector.
 pub const PACK_ROWS: usize = 8;
+
+/// Bytes of the largest group-block (Q6_K's).
+const MAX_GROUP_BLOCK: usize = PACK_ROWS * 210;
 
 /// Where the fields of a legacy block are, in the source block and in a packed group-block.
 struct Layout {
@@ -118,21 +122,7 @@ fn placed_units(
     }
 }
 
-/// Q4_K's twelve bytes of 6-bit scales and mins as `(scales, mins)` (ggml's
-/// `get_scale_min_k4`).
-fn k4_scales_decode(q: &[u8]) -> ([u8; 8], [u8; 8]) {
-    let mut sc = [0u8; 8];
-    let mut mn = [0u8; 8];
-    for j in 0..4 {
-        sc[j] = q[j] & 63;
-        mn[j] = q[j + 4] & 63;
-        sc[j + 4] = (q[j + 8] & 0xF) | ((q[j] >> 6) << 4);
-        mn[j + 4] = (q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4);
-    }
-    (sc, mn)
-}
-
-/// The inverse of [`k4_scales_decode`].
+/// The inverse of [`get_scale_min_k4`]: eight 6-bit scales and mins into Q4_K's twelve bytes.
 fn k4_scales_encode(sc: &[u8; 8], mn: &[u8; 8], q: &mut [u8]) {
     for j in 0..4 {
         q[j] = sc[j] | ((sc[j + 4] >> 4) << 6);
@@ -193,13 +183,14 @@ fn relay(scheme: &Scheme, group: &mut [u8], i: usize, block: &mut [u8], unpack: 
                 }
                 k4_scales_encode(&sc, &mn, &mut block[4..16]);
             } else {
-                let (sc, mn) = k4_scales_decode(&block[4..16]);
+                let packed: &[u8; 12] = block[4..16].try_into().expect("12 bytes");
                 for j in 0..8 {
-                    group[32 + 8 * j + i] = (sc[j] & 0xF) | ((mn[j] & 0xF) << 4);
+                    let (sc, mn) = get_scale_min_k4(j, packed);
+                    group[32 + 8 * j + i] = (sc & 0xF) | ((mn & 0xF) << 4);
                     let high = &mut group[96 + 8 * (j % 4) + i];
                     let shift = 2 * (j / 4);
                     *high &= !((3 << shift) | (3 << (4 + shift)));
-                    *high |= ((sc[j] >> 4) << shift) | ((mn[j] >> 4) << (4 + shift));
+                    *high |= ((sc >> 4) << shift) | ((mn >> 4) << (4 + shift));
                 }
             }
             let qs = if *qh {
@@ -293,10 +284,12 @@ impl<'w> Packed<'w> {
         let scheme = scheme(self.ty).expect("checked at construction");
         let (block, gb) = (self.ty.block_bytes(), Self::group_block_bytes(self.ty));
         let group = self.groups(g..g + 1);
-        let mut scratch = vec![0u8; gb];
+        // On the stack: the embedding lookup unpacks a row per token.
+        let mut scratch = [0u8; MAX_GROUP_BLOCK];
+        let scratch = &mut scratch[..gb];
         for (b, dst) in out.chunks_exact_mut(block).enumerate() {
             scratch.copy_from_slice(&group[b * gb..(b + 1) * gb]);
-            relay(&scheme, &mut scratch, i, dst, true);
+            relay(&scheme, scratch, i, dst, true);
         }
     }
 
@@ -347,7 +340,8 @@ pub fn pack(ty: GgmlType, w: &[u8], k: usize, n: usize) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
-    /// Every possible 12 bytes of scales and mins decode and encode back to themselves.
+    /// Random 12 bytes of scales and mins (every one of the 96 bits is used) decode and encode
+    /// back to themselves.
     #[test]
     fn k4_scales_round_trip() {
         let mut x = 0x1234_5678_9abc_def0u64;
@@ -359,7 +353,10 @@ mod tests {
                 x ^= x << 17;
                 *b = x as u8;
             }
-            let (sc, mn) = k4_scales_decode(&q);
+            let (mut sc, mut mn) = ([0u8; 8], [0u8; 8]);
+            for j in 0..8 {
+                (sc[j], mn[j]) = get_scale_min_k4(j, &q);
+            }
             let mut back = [0u8; 12];
             k4_scales_encode(&sc, &mn, &mut back);
             assert_eq!(back, q);
