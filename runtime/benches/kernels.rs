@@ -3,9 +3,12 @@
 //! `cargo bench -p llamart --bench kernels [-- FILTER]`. Shapes are `KxN` as GGUF writes them
 //! (K inputs, N output rows): for the legacy types SmolLM2-135M's 576x1536 (ffn gate/up),
 //! 1536x576 (ffn down) and 576x49152 (the tied Q8_0 LM head); for the K-quants the FFN down
-//! products of Qwen2.5-0.5B (4864x896) and Gemma-3-270M (2048x640). Decode products (T1, and
-//! T2: one token's two activation terms) report weight bytes per second, to compare with the
-//! memory bandwidth; the T=64 batches (prefill) report multiply-adds per second.
+//! products of Qwen2.5-0.5B (4864x896) and Gemma-3-270M (2048x640). Those fit in the caches,
+//! which a decoding model's weights do not: Gemma-3-270M's LM head (640x262144, 178 MB as
+//! Q8_0) and a 4864x17920 K-quant matrix measure the kernels streaming from memory, at few
+//! tokens only. Decode products (T1; T2: one token's two activation terms; T8) report weight
+//! bytes per second, to compare with the memory bandwidth; the T=64 batches (prefill) report
+//! multiply-adds per second.
 
 use std::hint::black_box;
 
@@ -15,8 +18,18 @@ use llamart::cpu::MatMul;
 use llamart::plan::Activations;
 use llamart::GgmlType;
 
-const SHAPES: [(usize, usize); 3] = [(576, 1536), (1536, 576), (576, 49152)];
-const K_SHAPES: [(usize, usize); 2] = [(4864, 896), (2048, 640)];
+const SHAPES: [(usize, usize); 4] = [(576, 1536), (1536, 576), (576, 49152), (640, 262144)];
+const K_SHAPES: [(usize, usize); 3] = [(4864, 896), (2048, 640), (4864, 17920)];
+
+/// Token counts to measure a `k x n` product at: no prefill batch for the memory-sized ones.
+fn token_counts(k: usize, n: usize, counts: &[usize]) -> Vec<usize> {
+    let streamed = k * n > 64 << 20;
+    counts
+        .iter()
+        .copied()
+        .filter(|&t| !streamed || t <= 8)
+        .collect()
+}
 
 fn shapes(ty: GgmlType) -> &'static [(usize, usize)] {
     if ty.block_len() == 256 {
@@ -76,10 +89,10 @@ fn tiles(c: &mut Criterion) {
         for &(k, n) in shapes(ty) {
             let w = weights(ty, k, n);
             let row_bytes = w.len() / n;
-            for n_tokens in [1, 2, 64] {
+            for n_tokens in token_counts(k, n, &[1, 2, 8, 64]) {
                 let mut group = c.benchmark_group(format!("tile/{ty}/{k}x{n}/T{n_tokens}"));
                 group.sample_size(if n_tokens * n > 1 << 20 { 10 } else { 50 });
-                group.throughput(if n_tokens <= 2 {
+                group.throughput(if n_tokens <= 8 {
                     Throughput::Bytes(w.len() as u64)
                 } else {
                     Throughput::Elements((k * n * n_tokens) as u64)
@@ -151,7 +164,7 @@ fn products(c: &mut Criterion) {
         for &(k, n) in shapes(ty) {
             // As a plan stores them.
             let w = pack::pack(ty, &weights(ty, k, n), k, n).unwrap();
-            for n_tokens in [1, 64] {
+            for n_tokens in token_counts(k, n, &[1, 64]) {
                 let mut group = c.benchmark_group(format!("matmul/{ty}/{k}x{n}/T{n_tokens}"));
                 group.sample_size(if n_tokens * n > 1 << 20 { 10 } else { 50 });
                 group.throughput(if n_tokens == 1 {

@@ -250,7 +250,7 @@ fn packed_kernels_match_the_reference_and_the_portable_kernels() {
                 [32, 96, 576]
             };
             for k in ks {
-                for n_tokens in [1, 2, 3, 4, 5, 8, 11, 19] {
+                for n_tokens in [1, 2, 3, 4, 5, 8, 9, 10, 11, 19] {
                     let seed = (k + n_tokens) as u64;
                     // One to three groups: pairs of groups and a group alone.
                     let rows = (1 + n_tokens % 3) * PACK_ROWS;
