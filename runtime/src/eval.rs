@@ -38,16 +38,37 @@ pub fn top_logits(row: &[f32], n: usize) -> Vec<(u32, f32)> {
     out
 }
 
-/// `top_logits` into `out`, which needs room for the whole row to work without allocating.
+/// `top_logits` into `out`, which needs room for `2 * n` entries (at least 64) to work without
+/// allocating.
+///
+/// One pass that keeps only logits above the `n`-th best seen so far: sampling asks for a few
+/// candidates out of a vocabulary of up to 262144, where copying the whole row out to select
+/// from it cost 2 % of a decoded token.
 pub fn top_logits_into(row: &[f32], n: usize, out: &mut Vec<(u32, f32)>) {
-    out.clear();
-    out.extend(row.iter().enumerate().map(|(i, &l)| (i as u32, l)));
     let by = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    let n = n.min(out.len());
-    if n > 0 && n < out.len() {
-        out.select_nth_unstable_by(n - 1, by);
+    out.clear();
+    let n = n.min(row.len());
+    if n == 0 {
+        return;
     }
-    out.truncate(n);
+    let prune_at = (2 * n).max(64);
+    // Ids only grow, so a logit equal to the floor ranks below the floor's own entry.
+    let mut floor = None;
+    for (i, &l) in row.iter().enumerate() {
+        if floor.is_some_and(|f: f32| l.total_cmp(&f).is_le()) {
+            continue;
+        }
+        out.push((i as u32, l));
+        if out.len() == prune_at {
+            out.select_nth_unstable_by(n - 1, by);
+            out.truncate(n);
+            floor = Some(out[n - 1].1);
+        }
+    }
+    if out.len() > n {
+        out.select_nth_unstable_by(n - 1, by);
+        out.truncate(n);
+    }
     out.sort_unstable_by(by);
 }
 
@@ -288,6 +309,43 @@ impl Evaluator for crate::gpu::GpuSession<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_logits_match_a_full_sort_with_ties_and_nans() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for len in [1usize, 7, 63, 64, 65, 200, 5000] {
+            let row: Vec<f32> = (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    // Few distinct values, so ties are common; now and then a NaN or an infinity.
+                    match state % 50 {
+                        0 => f32::NAN,
+                        1 => f32::NEG_INFINITY,
+                        v => (v % 13) as f32 * 0.5 - 3.0,
+                    }
+                })
+                .collect();
+            let mut sorted: Vec<(u32, f32)> = row
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i as u32, l))
+                .collect();
+            sorted.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            for n in [0usize, 1, 2, 31, 32, 33, 100, len, len + 3] {
+                let got = top_logits(&row, n);
+                let want = &sorted[..n.min(len)];
+                assert_eq!(got.len(), want.len(), "len {len} n {n}");
+                for (g, w) in got.iter().zip(want) {
+                    assert!(
+                        g.0 == w.0 && g.1.to_bits() == w.1.to_bits(),
+                        "len {len} n {n}: {g:?} vs {w:?}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn top_and_lse() {
