@@ -96,7 +96,7 @@ fn scheme(ty: GgmlType) -> Option<Scheme> {
     }))
 }
 
-/// Copies `units` units of row `i`'s field `src` (4 bytes each) into `group` at `at`, or back
+/// Copies `units` units of row `i`'s `field` (4 bytes each) into `group` at `at`, or back
 /// when `unpack`.
 fn units(group: &mut [u8], at: usize, i: usize, field: &mut [u8], units: usize, unpack: bool) {
     placed_units(group, |u| at + 32 * u, i, field, units, unpack);

@@ -715,59 +715,47 @@ macro_rules! simd_kernels {
 
         /// A K-quant [`super::PackedFn`]: every group of `packed`, tokens [`K_TILE`] at a time,
         /// each group-block decoded once per tile.
-        #[inline]
-        #[target_feature(enable = $features)]
-        unsafe fn packed_k<const TY: u8>(
-            ty: GgmlType,
-            packed: &[u8],
-            x: &ActView,
-            y: *mut f32,
-            y_stride: usize,
-        ) {
-            let gb = Packed::group_block_bytes(ty);
-            let mut k = KBlock {
-                q: [_mm256_setzero_si256(); 64],
-                scales: [_mm256_setzero_si256(); 16],
-                offsets: [_mm256_setzero_si256(); 8],
-                d: _mm256_setzero_ps(),
-                dmin: _mm256_setzero_ps(),
-            };
-            for (g, group) in packed.chunks_exact(x.nb * gb).enumerate() {
-                let (group, y) = (group.as_ptr(), y.add(g * PACK_ROWS));
-                for t0 in (0..x.n_tokens).step_by(K_TILE) {
-                    let n = K_TILE.min(x.n_tokens - t0);
-                    let mut acc = [_mm256_setzero_ps(); K_TILE];
-                    for b in 0..x.nb {
-                        let p = group.add(b * gb);
-                        for line in (0..gb).step_by(64) {
-                            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + line).cast());
+        macro_rules! packed_k {
+            ($name:ident, $ty:ident) => {
+                #[target_feature(enable = $features)]
+                unsafe fn $name(packed: &[u8], x: &ActView, y: *mut f32, y_stride: usize) {
+                    let gb = Packed::group_block_bytes(GgmlType::$ty);
+                    let mut k = KBlock {
+                        q: [_mm256_setzero_si256(); 64],
+                        scales: [_mm256_setzero_si256(); 16],
+                        offsets: [_mm256_setzero_si256(); 8],
+                        d: _mm256_setzero_ps(),
+                        dmin: _mm256_setzero_ps(),
+                    };
+                    for (g, group) in packed.chunks_exact(x.nb * gb).enumerate() {
+                        let (group, y) = (group.as_ptr(), y.add(g * PACK_ROWS));
+                        for t0 in (0..x.n_tokens).step_by(K_TILE) {
+                            let n = K_TILE.min(x.n_tokens - t0);
+                            let mut acc = [_mm256_setzero_ps(); K_TILE];
+                            for b in 0..x.nb {
+                                let p = group.add(b * gb);
+                                for line in (0..gb).step_by(64) {
+                                    _mm_prefetch::<_MM_HINT_T0>(
+                                        p.wrapping_add(PREFETCH + line).cast(),
+                                    );
+                                }
+                                decode_k::<$ty>(p, &mut k);
+                                for (i, acc) in acc[..n].iter_mut().enumerate() {
+                                    *acc = k_product::<$ty>(&k, x, t0 + i, b, *acc);
+                                }
+                            }
+                            for (i, a) in acc[..n].iter().enumerate() {
+                                _mm256_storeu_ps(y.add((t0 + i) * y_stride), *a);
+                            }
                         }
-                        decode_k::<TY>(p, &mut k);
-                        for (i, acc) in acc[..n].iter_mut().enumerate() {
-                            *acc = k_product::<TY>(&k, x, t0 + i, b, *acc);
-                        }
-                    }
-                    for (i, a) in acc[..n].iter().enumerate() {
-                        _mm256_storeu_ps(y.add((t0 + i) * y_stride), *a);
                     }
                 }
-            }
+            };
         }
 
-        #[target_feature(enable = $features)]
-        unsafe fn packed_q4_k(packed: &[u8], x: &ActView, y: *mut f32, y_stride: usize) {
-            packed_k::<Q4_K>(GgmlType::Q4_K, packed, x, y, y_stride)
-        }
-
-        #[target_feature(enable = $features)]
-        unsafe fn packed_q5_k(packed: &[u8], x: &ActView, y: *mut f32, y_stride: usize) {
-            packed_k::<Q5_K>(GgmlType::Q5_K, packed, x, y, y_stride)
-        }
-
-        #[target_feature(enable = $features)]
-        unsafe fn packed_q6_k(packed: &[u8], x: &ActView, y: *mut f32, y_stride: usize) {
-            packed_k::<Q6_K>(GgmlType::Q6_K, packed, x, y, y_stride)
-        }
+        packed_k!(packed_q4_k, Q4_K);
+        packed_k!(packed_q5_k, Q5_K);
+        packed_k!(packed_q6_k, Q6_K);
 
         packed!(packed_q4_0, Q4_0, 34);
         packed!(packed_q4_1, Q4_1, 36);
