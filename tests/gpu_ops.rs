@@ -148,6 +148,7 @@ impl Builder {
             row_bytes: 32,
         };
         b.steps.push(Step {
+            formed: None,
             kernel: Kernel::Embed { n: k },
             inputs: vec![table, ids],
             output: out,
@@ -164,6 +165,7 @@ impl Builder {
             row_bytes: 32,
         };
         self.steps.push(Step {
+            formed: None,
             kernel: Kernel::Embed { n },
             inputs: vec![table, ids],
             output: out,
@@ -174,6 +176,7 @@ impl Builder {
     fn op(&mut self, kernel: Kernel, inputs: Vec<Buf>, out_values: u32) -> Buf {
         let out = self.alloc(out_values.into());
         self.steps.push(Step {
+            formed: None,
             kernel,
             inputs,
             output: out,
@@ -535,6 +538,8 @@ fn attention_across_key_blocks_and_token_tiles() {
             let x = b.input(n);
             let w = b.weight(GgmlType::F32, &[n.into(), 24]);
             let sum = Kernel::FusedMatMul {
+                weights: 1,
+                post_norm: None,
                 k: n,
                 n: 24,
                 norm: None,
@@ -580,6 +585,8 @@ fn the_logits_step_computes_only_the_wanted_rows() {
         let head = if fused {
             let norm = b.weight(GgmlType::F32, &[k.into()]);
             let kernel = Kernel::FusedMatMul {
+                weights: 1,
+                post_norm: None,
                 k,
                 n,
                 norm: Some(1e-5),
@@ -731,6 +738,8 @@ fn fused_products_with_every_prologue_and_epilogue() {
                 let w = b.weight(ty, &[k.into(), n.into()]);
                 let ins = inputs(&mut b, x, w);
                 let store = Kernel::FusedMatMul {
+                    weights: 1,
+                    post_norm: None,
                     k,
                     n,
                     norm,
@@ -747,6 +756,8 @@ fn fused_products_with_every_prologue_and_epilogue() {
                 let mut ins = inputs(&mut b, x, w);
                 ins.push(r);
                 let add = Kernel::FusedMatMul {
+                    weights: 1,
+                    post_norm: None,
                     k,
                     n,
                     norm,
@@ -763,6 +774,8 @@ fn fused_products_with_every_prologue_and_epilogue() {
                 let w = b.weight(ty, &[k.into(), n.into()]);
                 let ins = inputs(&mut b, x, w);
                 let glu = Kernel::FusedMatMul {
+                    weights: 1,
+                    post_norm: None,
                     k,
                     n,
                     norm,
@@ -787,10 +800,13 @@ fn fused_products_with_every_prologue_and_epilogue() {
                 }
                 let kv = one_layer_kv(16, n_kv_head, head_dim, kv_type);
                 let qkv = Kernel::FusedMatMul {
+                    weights: 1,
+                    post_norm: None,
                     k,
                     n,
                     norm,
                     epilogue: Epilogue::RopeKv {
+                        qk_norm: None,
                         layer: 0,
                         n_head,
                         n_kv_head,
@@ -855,6 +871,8 @@ fn fused_products_with_every_prologue_and_epilogue() {
                 let mut ins = inputs(&mut b, x, w1);
                 ins.push(parts);
                 let into_input = Kernel::FusedMatMul {
+                    weights: 1,
+                    post_norm: None,
                     k,
                     n: m,
                     norm,
@@ -867,6 +885,8 @@ fn fused_products_with_every_prologue_and_epilogue() {
                 let h = b.op(into_input, ins, m);
                 let w2 = b.weight(GgmlType::F32, &[m.into(), k.into()]);
                 let into_residual = Kernel::FusedMatMul {
+                    weights: 1,
+                    post_norm: None,
                     k: m,
                     n: k,
                     norm: None,
@@ -941,6 +961,8 @@ fn weights_split_across_bindings_give_the_same_result() {
         let w = b.weight(ty, &[k.into(), n.into()]);
         let norm_w = b.weight(GgmlType::F32, &[k.into()]);
         let fused = Kernel::FusedMatMul {
+            weights: 1,
+            post_norm: None,
             k,
             n,
             norm: Some(1e-6),

@@ -78,7 +78,8 @@ pub fn emit<'a>(
     for &id in &c.schedule {
         let node = g.node(id);
         match node.op {
-            Op::Weight { .. } | Op::Reshape(_) => continue,
+            // A formed input is stored by the product that forms it (`Step::formed`).
+            Op::Weight { .. } | Op::Reshape(_) | Op::FormedInput => continue,
             Op::TokenIds => {
                 token_ids = Some(buf_of(id, &mut weights));
                 continue;
@@ -92,10 +93,16 @@ pub fn emit<'a>(
             .map(|o| buf_of(o, &mut weights))
             .collect();
         let output = buf_of(id, &mut weights);
+        let formed = g
+            .users(id)
+            .into_iter()
+            .find(|&u| g.node(u).op == Op::FormedInput)
+            .map(|u| buf_of(u, &mut weights));
         steps.push(Step {
             kernel,
             inputs,
             output,
+            formed,
         });
         step_names.push(node.name.clone());
     }
@@ -149,28 +156,32 @@ pub fn emit<'a>(
 /// least one group of rows), so that it maps them as they are instead of re-laying a copy at load.
 fn pack_product_weights(header: &mut PlanHeader, bytes: &mut [WeightBytes<'_>]) {
     for step in &header.steps {
-        let (k, n) = match step.kernel {
-            Kernel::MatMul { k, n } | Kernel::FusedMatMul { k, n, .. } => (k, n),
+        let (k, weights) = match step.kernel {
+            Kernel::MatMul { k, .. } => (k, 1..2),
+            Kernel::FusedMatMul { k, .. } => (
+                k,
+                step.kernel.fused_inputs().expect("a fused product").weights,
+            ),
             Kernel::AttentionProject {
-                n_head,
-                head_dim,
-                n,
-                ..
-            } => (n_head * head_dim, n),
+                n_head, head_dim, ..
+            } => (n_head * head_dim, 1..2),
             _ => continue,
         };
-        let Some(&Buf::Weight(w)) = step.inputs.get(1) else {
-            continue;
-        };
-        let info = &mut header.weights[w as usize];
-        let wanted = header.activations.terms(info.ty).is_some()
-            && pack::can_pack(info.ty)
-            && n as usize >= pack::PACK_ROWS;
-        if wanted && !info.packed {
-            let packed = pack::pack(info.ty, &bytes[w as usize], k as usize, n as usize)
-                .expect("a packable type");
-            bytes[w as usize] = WeightBytes::Owned(packed);
-            info.packed = true;
+        for i in weights {
+            let Some(&Buf::Weight(w)) = step.inputs.get(i) else {
+                continue;
+            };
+            let info = &mut header.weights[w as usize];
+            let n = info.dims[1] as usize;
+            let wanted = header.activations.terms(info.ty).is_some()
+                && pack::can_pack(info.ty)
+                && n >= pack::PACK_ROWS;
+            if wanted && !info.packed {
+                let packed = pack::pack(info.ty, &bytes[w as usize], k as usize, n)
+                    .expect("a packable type");
+                bytes[w as usize] = WeightBytes::Owned(packed);
+                info.packed = true;
+            }
         }
     }
 }
@@ -221,6 +232,7 @@ fn kernel_for(g: &Graph, id: NodeId) -> Result<Kernel, EmitError> {
     };
     let second_is_weight = || operands.get(1).is_some_and(|&o| g.node(o).op.is_weight());
     Ok(match &node.op {
+        Op::FormedInput => unreachable!("stored by the product that forms it"),
         Op::Embed => {
             let Op::Weight { ty: wt, .. } = &g.node(operands[0]).op else {
                 unreachable!("typed as weight")
@@ -248,14 +260,23 @@ fn kernel_for(g: &Graph, id: NodeId) -> Result<Kernel, EmitError> {
             }
         }
         Op::FusedMatMul {
+            weights,
+            post_norm,
             norm,
             epilogue,
             partials,
         } => {
-            let dims = product_weight(g, operands[1]).map_err(unsupported)?;
+            let mut n = 0;
+            let mut k = 0;
+            for &w in &operands[1..=*weights as usize] {
+                let dims = product_weight(g, w).map_err(unsupported)?;
+                (k, n) = (dims[0], n + dims[1]);
+            }
             Kernel::FusedMatMul {
-                k: dims[0] as u32,
-                n: dims[1] as u32,
+                k: k as u32,
+                n: n as u32,
+                weights: *weights,
+                post_norm: *post_norm,
                 norm: *norm,
                 epilogue: *epilogue,
                 partials: *partials,

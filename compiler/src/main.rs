@@ -66,8 +66,9 @@ enum Command {
         #[arg(long = "report-json", value_name = "FILE")]
         report_json: Option<PathBuf>,
         /// Do not run optimization pass NAME (repeatable): constant_fold, fuse_qkv,
-        /// fuse_gated_ffn, fuse_residual_add, fold_rms_norm or fuse_attention_output. The plan
-        /// computes the same logits with more steps; for comparing and debugging the fusions.
+        /// fuse_gated_ffn, fuse_residual_add, fold_rms_norm, fuse_post_norm or
+        /// fuse_attention_output. The plan computes the same logits with more steps; for
+        /// comparing and debugging the fusions.
         #[arg(long = "disable-pass", value_name = "NAME")]
         disable_pass: Vec<String>,
     },

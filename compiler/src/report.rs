@@ -146,9 +146,11 @@ fn flops_of(k: &Kernel) -> (u64, u64) {
         Kernel::FusedMatMul {
             k,
             n: rows,
+            post_norm,
             norm,
             epilogue,
             partials,
+            ..
         } => {
             let parts = partials.map_or(0, |p| {
                 n(&p.count)
@@ -157,7 +159,9 @@ fn flops_of(k: &Kernel) -> (u64, u64) {
                         PartialsInto::Residual => n(rows),
                     }
             });
-            let prologue = parts + if norm.is_some() { 4 * n(k) } else { 0 };
+            let prologue = parts
+                + if post_norm.is_some() { 5 * n(k) } else { 0 }
+                + if norm.is_some() { 4 * n(k) } else { 0 };
             let out = u64::from(epilogue.output_len(*rows));
             let epilogue = match epilogue {
                 Epilogue::Store => 0,
@@ -166,10 +170,21 @@ fn flops_of(k: &Kernel) -> (u64, u64) {
                 Epilogue::RopeKv {
                     n_head,
                     n_kv_head,
+                    head_dim,
                     n_rot,
                     bias,
+                    qk_norm,
                     ..
-                } => 3 * (n(n_head) + n(n_kv_head)) * n(n_rot) + if *bias { n(rows) } else { 0 },
+                } => {
+                    let heads = n(n_head) + n(n_kv_head);
+                    3 * heads * n(n_rot)
+                        + if *bias { n(rows) } else { 0 }
+                        + if qk_norm.is_some() {
+                            4 * heads * n(head_dim)
+                        } else {
+                            0
+                        }
+                }
             };
             (prologue + 2 * n(k) * n(rows) + epilogue, 0)
         }

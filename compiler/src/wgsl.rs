@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use llamart::plan::{
     Buf, Epilogue, GpuBinding, GpuDispatch, GpuKernel, GpuRequirements, GpuSection, Kernel, KvType,
-    Partials, PartialsInto, PlanHeader, UnaryOp,
+    Partials, PartialsInto, PlanHeader, UnaryOp, MAX_STACKED_WEIGHTS,
 };
 use llamart::GgmlType;
 use thiserror::Error;
@@ -206,17 +206,15 @@ type WeightPart = (u64, u64, GpuBinding);
 struct Decl(&'static str, bool, &'static str);
 
 /// The fused matrix product: prologue, epilogue and bindings chosen by the step, assembled around
-/// shaders/fused/matmul.wgsl.
+/// shaders/fused/matmul.wgsl. `weights` are the stacked weights' types and first rows.
 fn fused_module(
-    weight: GgmlType,
+    weights: &[(GgmlType, u64)],
     consts: &[(&str, Const)],
     decls: &[Decl],
-    norm: bool,
-    epilogue: &Epilogue,
-    partials: Option<PartialsInto>,
+    step: &FusedVariant,
     kv_type: KvType,
 ) -> String {
-    let mut src = prelude(Some(weight), consts);
+    let mut src = prelude(None, consts);
     for (i, Decl(name, read_only, elem)) in decls.iter().enumerate() {
         let access = if *read_only { "read" } else { "read_write" };
         let _ = writeln!(
@@ -225,8 +223,21 @@ fn fused_module(
             i + 1
         );
     }
-    let parts_in_input = partials == Some(PartialsInto::Input);
-    if norm || parts_in_input {
+    src.push_str(&weight_readers(weights));
+    let parts_in_input = step.partials == Some(PartialsInto::Input);
+    if let Some(post) = step.post_norm {
+        src.push_str(if parts_in_input {
+            include_str!("../../shaders/fused/y_parts.wgsl")
+        } else {
+            include_str!("../../shaders/fused/y_operand.wgsl")
+        });
+        src.push_str(if post.stores_formed {
+            "fn store_formed(at: u32, v: f32) {\n    if (first_group) {\n        formed[at] = v;\n    }\n}\n"
+        } else {
+            "fn store_formed(at: u32, v: f32) {}\n"
+        });
+        src.push_str(include_str!("../../shaders/fused/input_post_norm.wgsl"));
+    } else if step.norm || parts_in_input {
         src.push_str(if parts_in_input {
             include_str!("../../shaders/fused/input_at_x_parts.wgsl")
         } else {
@@ -236,31 +247,39 @@ fn fused_module(
     } else {
         src.push_str(include_str!("../../shaders/fused/input_direct.wgsl"));
     }
-    if *epilogue == Epilogue::Add {
-        src.push_str(if partials == Some(PartialsInto::Residual) {
+    if step.norm || step.post_norm.is_some() {
+        src.push_str(include_str!("../../shaders/fused/row_rms.wgsl"));
+    }
+    if step.epilogue == Epilogue::Add {
+        src.push_str(if step.partials == Some(PartialsInto::Residual) {
             include_str!("../../shaders/fused/residual_parts.wgsl")
         } else {
             include_str!("../../shaders/fused/residual_direct.wgsl")
         });
     }
-    src.push_str(if norm {
+    src.push_str(if step.norm {
         include_str!("../../shaders/fused/prologue_rms_norm.wgsl")
     } else {
         include_str!("../../shaders/fused/prologue_none.wgsl")
     });
-    let epilogue_src = match epilogue {
+    let epilogue_src = match step.epilogue {
         Epilogue::Store => include_str!("../../shaders/fused/epilogue_store.wgsl"),
         Epilogue::Add => include_str!("../../shaders/fused/epilogue_add.wgsl"),
         Epilogue::Glu(_) => concat!(
             include_str!("../../shaders/activation.wgsl"),
             include_str!("../../shaders/fused/epilogue_glu.wgsl")
         ),
-        Epilogue::RopeKv { bias, .. } => {
+        Epilogue::RopeKv { bias, qk_norm, .. } => {
             src.push_str(kv_functions(kv_type));
-            src.push_str(if *bias {
+            src.push_str(if bias {
                 "fn bias_at(r: u32) -> f32 {\n    return bias[r];\n}\n"
             } else {
                 "fn bias_at(r: u32) -> f32 {\n    return 0.0;\n}\n"
+            });
+            src.push_str(if qk_norm.is_some() {
+                include_str!("../../shaders/fused/head_norm.wgsl")
+            } else {
+                include_str!("../../shaders/fused/head_norm_none.wgsl")
             });
             concat!(
                 include_str!("../../shaders/rotary.wgsl"),
@@ -271,6 +290,102 @@ fn fused_module(
     src.push_str(epilogue_src);
     src.push_str(include_str!("../../shaders/fused/matmul.wgsl"));
     src
+}
+
+/// What a fused product's kernel is made of, besides its weights and constants.
+struct FusedVariant {
+    post_norm: Option<PostNormVariant>,
+    norm: bool,
+    epilogue: Epilogue,
+    partials: Option<PartialsInto>,
+}
+
+#[derive(Clone, Copy)]
+struct PostNormVariant {
+    stores_formed: bool,
+}
+
+/// The bindings and row-length constants of the stacked weights, by position.
+const WEIGHT_BINDINGS: [&str; MAX_STACKED_WEIGHTS] = ["wq_0", "wq_1", "wq_2"];
+const WEIGHT_CONSTS: [&str; MAX_STACKED_WEIGHTS] = ["ROW_BYTES_0", "ROW_BYTES_1", "ROW_BYTES_2"];
+
+/// The index of a weight operand.
+fn weight_index(b: &Buf) -> usize {
+    match *b {
+        Buf::Weight(w) => w as usize,
+        Buf::Arena { .. } => unreachable!("a weight operand"),
+    }
+}
+
+/// The names a weight decoder (shaders/weights/*.wgsl) and `dot_row` define or read, renamed per
+/// stacked weight so that several decoders live in one kernel.
+const WEIGHT_NAMES: &[&str] = &[
+    "wq",
+    "ROW_BYTES",
+    "weight",
+    "wbyte",
+    "wf16",
+    "wu32",
+    "wi8",
+    "scale_min_k4",
+    "dot_row",
+];
+
+/// `dot_row` over the stacked weights: with one, its decoder as it is; with several, each
+/// decoder and `dot_row` with its own suffix (`wq_1`, `ROW_BYTES_1`, ...), and a `dot_row` that
+/// picks the weight a row lies in. A workgroup's rows lie in one weight except at a boundary, so
+/// the branch is almost always uniform.
+fn weight_readers(weights: &[(GgmlType, u64)]) -> String {
+    let reader = |ty: GgmlType| {
+        let mut src = include_str!("../../shaders/weights/bytes.wgsl").to_string();
+        for part in weight_decoder(ty).expect("checked by the caller") {
+            src.push_str(part);
+        }
+        src.push_str(include_str!("../../shaders/fused/dot_row.wgsl"));
+        src
+    };
+    if let [(ty, _)] = weights {
+        return reader(*ty);
+    }
+    let mut src = String::new();
+    let mut dispatch =
+        "fn dot_row(r: u32, t0: u32, tiles: u32) -> array<f32, TILE> {\n".to_string();
+    for (p, &(ty, first)) in weights.iter().enumerate() {
+        src.push_str(&with_suffix(&reader(ty), WEIGHT_NAMES, &format!("_{p}")));
+        let call = format!("dot_row_{p}(r - {first}u, t0, tiles)");
+        let _ = match weights.get(p + 1) {
+            Some(&(_, next)) => writeln!(
+                dispatch,
+                "    if (r < {next}u) {{\n        return {call};\n    }}"
+            ),
+            None => writeln!(dispatch, "    return {call};"),
+        };
+    }
+    dispatch.push_str("}\n");
+    src + &dispatch
+}
+
+/// `src` with every whole identifier of `names` followed by `suffix`.
+fn with_suffix(src: &str, names: &[&str], suffix: &str) -> String {
+    let mut out = String::with_capacity(src.len() + 256);
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        out.push_str(word);
+        if names.contains(&word.as_str()) {
+            out.push_str(suffix);
+        }
+        word.clear();
+    };
+    for c in src.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
 }
 
 /// Parses and validates a kernel with naga.
@@ -532,12 +647,19 @@ impl Emitter<'_> {
             Kernel::FusedMatMul {
                 k,
                 n,
+                weights,
+                post_norm,
                 norm,
                 epilogue,
                 partials,
             } => {
+                let layout = step.kernel.fused_inputs().expect("a fused product");
                 let (ty, row_bytes, parts) = self.weight_parts(i, io(1))?;
-                if parts.len() > 1 && !matches!(epilogue, Epilogue::Store | Epilogue::Add) {
+                // Only a product whose rows are independent of each other (Store, Add) over one
+                // weight can be split across bindings, dispatch by dispatch.
+                if parts.len() > 1
+                    && (weights > 1 || !matches!(epilogue, Epilogue::Store | Epilogue::Add))
+                {
                     return Err(self.too_large_to_fuse(i, io(1)));
                 }
                 let mut decls = vec![
@@ -546,27 +668,56 @@ impl Emitter<'_> {
                     Decl("y", false, "f32"),
                 ];
                 let mut extra = Vec::new();
-                let tile = fused_tile(k, norm.is_some(), partials);
+                let tile = fused_tile(k, norm.is_some() || post_norm.is_some(), partials);
                 let mut consts = vec![
                     ("K", Const::U(k.into())),
                     ("N", Const::U(n.into())),
                     ("ROW_BYTES", Const::U(row_bytes)),
                     ("EPS", Const::F(norm.unwrap_or(0.0))),
+                    ("POST_EPS", Const::F(post_norm.unwrap_or(0.0))),
                     ("TILE", Const::U(tile.into())),
                     ("STAGED", Const::U(u64::from(tile * k))),
                     ("PARTS", Const::U(partials.map_or(0, |p| p.count).into())),
                 ];
-                if norm.is_some() {
-                    decls.push(Decl("norm_w", true, "f32"));
-                    extra.push(self.whole_weight(io(2)));
+                // The stacked weights after the first: each in one binding, with its decoder.
+                let mut stacked = vec![(ty, 0u64)];
+                let mut first_row = self.h.weights[weight_index(io(1))].dims[1];
+                for (p, j) in layout.weights.clone().enumerate().skip(1) {
+                    let (ty_p, row_bytes_p, parts_p) = self.weight_parts(i, io(j))?;
+                    let [(_, _, binding)] = parts_p[..] else {
+                        return Err(self.too_large_to_fuse(i, io(j)));
+                    };
+                    stacked.push((ty_p, first_row));
+                    first_row += self.h.weights[weight_index(io(j))].dims[1];
+                    consts.push((WEIGHT_CONSTS[p], Const::U(row_bytes_p)));
+                    decls.push(Decl(WEIGHT_BINDINGS[p], true, "u32"));
+                    extra.push(binding);
                 }
-                let last =
-                    &step.inputs[(2 + usize::from(norm.is_some())).min(step.inputs.len() - 1)];
+                if weights > 1 {
+                    decls[0] = Decl(WEIGHT_BINDINGS[0], true, "u32");
+                    consts.push((WEIGHT_CONSTS[0], Const::U(row_bytes)));
+                }
+                if let Some(j) = layout.post_y {
+                    decls.push(Decl("post_y", false, "f32"));
+                    extra.push(self.arena(io(j)));
+                }
+                if let Some(j) = layout.post_weight {
+                    decls.push(Decl("post_w", true, "f32"));
+                    extra.push(self.whole_weight(io(j)));
+                }
+                if let Some(j) = layout.norm_weight {
+                    decls.push(Decl("norm_w", true, "f32"));
+                    extra.push(self.whole_weight(io(j)));
+                }
+                if let Some(formed) = &step.formed {
+                    decls.push(Decl("formed", false, "f32"));
+                    extra.push(self.arena(formed));
+                }
                 let label = match epilogue {
                     Epilogue::Store => "store".to_string(),
                     Epilogue::Add => {
                         decls.push(Decl("residual", false, "f32"));
-                        extra.push(self.arena(last));
+                        extra.push(self.arena(io(layout.epilogue.expect("with Add"))));
                         "add".to_string()
                     }
                     Epilogue::Glu(op) => {
@@ -586,10 +737,11 @@ impl Emitter<'_> {
                         base,
                         neox,
                         bias,
+                        qk_norm,
                     } => {
                         if bias {
                             decls.push(Decl("bias", true, "f32"));
-                            extra.push(self.whole_weight(last));
+                            extra.push(self.whole_weight(io(layout.epilogue.expect("bias"))));
                         }
                         let kv_type = self.h.kv.ty;
                         if kv_type == KvType::Q8_0 {
@@ -609,6 +761,21 @@ impl Emitter<'_> {
                                 ),
                             });
                         }
+                        if let Some(j) = layout.qk_norm {
+                            if !head_norm_fits(head_dim) {
+                                return Err(GpuError::KvCache {
+                                    step: i,
+                                    why: format!(
+                                        "the fused QKV product normalizes heads within a \
+                                         workgroup, which heads of {head_dim} do not fit"
+                                    ),
+                                });
+                            }
+                            decls.push(Decl("q_norm_w", true, "f32"));
+                            decls.push(Decl("k_norm_w", true, "f32"));
+                            extra.push(self.whole_weight(io(j)));
+                            extra.push(self.whole_weight(io(j + 1)));
+                        }
                         let (kc, vc) = self.kv_bindings(layer);
                         decls.push(Decl("k_cache", false, kv_element(kv_type)));
                         decls.push(Decl("v_cache", false, kv_element(kv_type)));
@@ -621,23 +788,45 @@ impl Emitter<'_> {
                             ("BASE", Const::F(base)),
                             ("NEOX", Const::B(neox)),
                             ("KV_CTX", Const::U(self.h.limits.ctx.into())),
+                            ("QK_EPS", Const::F(qk_norm.unwrap_or(0.0))),
                         ]);
-                        format!("rope_kv_{n_head}x{head_dim}_{kv_type}")
+                        let normed = if qk_norm.is_some() { "_normed" } else { "" };
+                        format!("rope_kv{normed}_{n_head}x{head_dim}_{kv_type}")
                     }
                 };
-                if partials.is_some() {
+                if let Some(j) = layout.parts {
                     decls.push(Decl("parts", false, "f32"));
-                    extra.push(self.arena(step.inputs.last().expect("validated arity")));
+                    extra.push(self.arena(io(j)));
                 }
-                let norm_label = match (partials.map(|p| p.into), norm.is_some()) {
-                    (Some(PartialsInto::Input), true) => "parts_rms_norm_",
-                    (Some(PartialsInto::Input), false) => "parts_",
-                    (_, true) => "rms_norm_",
-                    (_, false) => "",
+                let prologue_label = match (partials.map(|p| p.into), post_norm, norm) {
+                    (Some(PartialsInto::Input), Some(_), _) => "parts_post_norm_",
+                    (_, Some(_), _) => "post_norm_",
+                    (Some(PartialsInto::Input), None, Some(_)) => "parts_rms_norm_",
+                    (Some(PartialsInto::Input), None, None) => "parts_",
+                    (_, None, Some(_)) => "rms_norm_",
+                    (_, None, None) => "",
                 };
+                let prologue_label = format!(
+                    "{prologue_label}{}{}",
+                    if post_norm.is_some() && norm.is_some() {
+                        "rms_norm_"
+                    } else {
+                        ""
+                    },
+                    if step.formed.is_some() { "formed_" } else { "" }
+                );
                 let label = match partials.map(|p| p.into) {
                     Some(PartialsInto::Residual) => format!("{label}_parts"),
                     _ => label,
+                };
+                let types: Vec<String> = stacked.iter().map(|(t, _)| t.to_string()).collect();
+                let variant = FusedVariant {
+                    post_norm: post_norm.map(|_| PostNormVariant {
+                        stores_formed: step.formed.is_some(),
+                    }),
+                    norm: norm.is_some(),
+                    epilogue,
+                    partials: partials.map(|p| p.into),
                 };
                 for (n0, np, binding) in parts {
                     let items = match epilogue {
@@ -654,16 +843,11 @@ impl Emitter<'_> {
                     ]);
                     let kern = self.kernel(
                         i,
-                        format!("{norm_label}matmul_{label}_{ty}_k{k}_n{n}"),
-                        fused_module(
-                            ty,
-                            &consts,
-                            &decls,
-                            norm.is_some(),
-                            &epilogue,
-                            partials.map(|p| p.into),
-                            self.h.kv.ty,
+                        format!(
+                            "{prologue_label}matmul_{label}_{}_k{k}_n{n}",
+                            types.join("+")
                         ),
+                        fused_module(&stacked, &consts, &decls, &variant, self.h.kv.ty),
                     )?;
                     let mut bindings = vec![binding, self.arena(io(0)), self.arena(&step.output)];
                     bindings.extend(extra.iter().copied());
@@ -874,6 +1058,12 @@ fn lcm(a: u64, b: u64) -> u64 {
 /// tokens): 12 KiB, leaving room for the norm's reductions under WebGPU's 16 KiB.
 pub const MAX_STAGED_VALUES: u32 = 3072;
 
+/// Whether the fused QKV product's GPU epilogue can normalize heads of `head_dim` values: each
+/// invocation holds four values of a head, and a head's invocations must share a workgroup.
+pub fn head_norm_fits(head_dim: u32) -> bool {
+    head_dim.is_multiple_of(4) && (WORKGROUP * 4).is_multiple_of(head_dim)
+}
+
 /// Whether a fused product stages its input in workgroup memory: when a prologue works on it.
 fn stages_input(norm: bool, partials: Option<Partials>) -> bool {
     norm || partials.is_some_and(|p| p.into == PartialsInto::Input)
@@ -892,15 +1082,28 @@ fn fused_tile(k: u32, norm: bool, partials: Option<Partials>) -> u32 {
 fn workgroup_bytes(kernel: &Kernel) -> u32 {
     match *kernel {
         Kernel::FusedMatMul {
-            k, norm, partials, ..
+            k,
+            norm,
+            post_norm,
+            partials,
+            epilogue,
+            ..
         } => {
-            let tile = fused_tile(k, norm.is_some(), partials);
-            let staged = if stages_input(norm.is_some(), partials) {
+            let prologue = norm.is_some() || post_norm.is_some();
+            let tile = fused_tile(k, prologue, partials);
+            let staged = if stages_input(prologue, partials) {
                 tile * k
             } else {
                 0
             };
-            (staged + 64 + tile) * 4
+            let head_norms = match epilogue {
+                Epilogue::RopeKv {
+                    qk_norm: Some(_), ..
+                } => WORKGROUP * tile,
+                _ => 0,
+            };
+            // The staged rows, the reduction's partial sums, two per-token factors.
+            (staged + 64 + 2 * tile + head_norms) * 4
         }
         Kernel::Attention { head_dim, .. } | Kernel::AttentionProject { head_dim, .. } => {
             // Query then output rows, one block's scores, three values per token.

@@ -2,6 +2,8 @@
 //! after each optional pass, so what a pass rewrites reads as a diff of two listings (review with
 //! `cargo insta review`). Listings are in schedule order with dense ids.
 
+mod common;
+
 use llamac::gguf::GgufFile;
 use llamac::passes::{run_pipeline_observed, schedule, PassSet, PipelineOptions, REWRITES};
 use llamac::synthetic::TinyLlama;
@@ -15,8 +17,11 @@ fn one_layer() -> TinyLlama {
 }
 
 fn listings(model: TinyLlama) -> Vec<(String, String)> {
-    let file = GgufFile::from_bytes(model.to_gguf()).unwrap();
-    let (graph, _) = llamac::lower::lower(&file).unwrap();
+    listings_of(&GgufFile::from_bytes(model.to_gguf()).unwrap())
+}
+
+fn listings_of(file: &GgufFile) -> Vec<(String, String)> {
+    let (graph, _) = llamac::lower::lower(file).unwrap();
     let options = PipelineOptions {
         ctx: 64,
         max_batch: 8,
@@ -24,7 +29,7 @@ fn listings(model: TinyLlama) -> Vec<(String, String)> {
         kv_type: llamart::plan::KvType::F16,
     };
     let mut seen = Vec::new();
-    run_pipeline_observed(graph, &file, options, &mut |pass, g| {
+    run_pipeline_observed(graph, file, options, &mut |pass, g| {
         seen.push((pass.to_string(), g.listing(Some(&schedule::run(g)))));
     })
     .unwrap();
@@ -75,5 +80,43 @@ fn a_pass_with_nothing_to_do_changes_nothing() {
     ] {
         let at = seen.iter().position(|(p, _)| p == name).unwrap();
         assert_ne!(seen[at - 1].1, seen[at].1, "{name} changed nothing");
+    }
+}
+
+/// The ops of a real model's first two layers and of its ends, without the weights: where the
+/// passes act on a family's own blocks, in a listing short enough to read.
+fn first_layers(listing: &str) -> String {
+    listing
+        .lines()
+        .filter(|line| !line.contains("= weight("))
+        .filter(|line| {
+            let layer = line
+                .split("# blk.")
+                .nth(1)
+                .and_then(|rest| rest.split('.').next())
+                .and_then(|n| n.parse::<u32>().ok());
+            layer.is_none_or(|l| l < 2)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Per-pass snapshots of the qwen2 and gemma3 graphs, real files: the same pass list serves every
+/// family, so what each pass matches in each family reads here (Q4_K_M's mixed Q/K/V types,
+/// Qwen's biases, Gemma's head norms and post-norms).
+#[test]
+fn every_pass_on_qwen2_and_gemma3() {
+    for (family, id) in [
+        ("qwen2", "qwen2.5-0.5b-q4_k_m"),
+        ("gemma3", "gemma3-270m-q4_k_m"),
+    ] {
+        let file = GgufFile::open(common::model(id)).unwrap();
+        let seen: Vec<(String, String)> = listings_of(&file)
+            .into_iter()
+            .map(|(pass, listing)| (pass, first_layers(&listing)))
+            .collect();
+        for (name, _) in REWRITES {
+            insta::assert_snapshot!(format!("{family}_{name}"), before_after(&seen, name));
+        }
     }
 }

@@ -3,38 +3,46 @@
 // or (i, i + N_ROT/2) when NEOX, for i below N_ROT / 2 (a multiple of 4, so both pairs rotate or
 // neither); unrotated pairs above are (2i, 2i+1). Either way the item's K and V values fall in
 // whole neighbouring pairs, which `k_store2` / `v_store2` (kv/*.wgsl) store without sharing a
-// word with another item. Q heads are rotated into y; K heads rotated and V heads as they are go
-// to the layer's cache at position n_past + t. `bias_at` is the bias of a row (0 without one).
-fn epilogue(p: u32, t0: u32, tiles: u32) {
+// word with another item. Q and K heads go through `head_norm` (fused/head_norm*.wgsl) before
+// they rotate. Q heads are rotated into y; K heads rotated and V heads as they are go to the
+// layer's cache at position n_past + t. `bias_at` is the bias of a row (0 without one).
+fn epilogue(p: u32, t0: u32, tiles: u32, lid: u32) {
+    let live = p < ITEMS;
     let head = p / (HEAD_DIM / 4u);
     let m = p % (HEAD_DIM / 4u);
     var dims: array<vec2<u32>, 2>;
     var values: array<array<vec2<f32>, TILE>, 2>;
     for (var s = 0u; s < 2u; s++) {
         let i = 2u * m + s;
-        let rotated = i < N_ROT / 2u && head < N_HEAD + N_KV_HEAD;
         var d = vec2<u32>(2u * i, 2u * i + 1u);
         if (NEOX && i < N_ROT / 2u) {
             d = vec2<u32>(i, i + N_ROT / 2u);
         }
         dims[s] = d;
-        let r1 = head * HEAD_DIM + d.x;
-        let r2 = head * HEAD_DIM + d.y;
-        let a = dot_row(r1, t0, tiles);
-        let b = dot_row(r2, t0, tiles);
-        for (var tt = 0u; tt < tiles; tt++) {
-            let pos = params.n_past + t0 + tt;
-            var v1 = a[tt] + bias_at(r1);
-            var v2 = b[tt] + bias_at(r2);
-            if (rotated) {
-                let theta = rope_theta(pos, i);
+        if (live) {
+            let r1 = head * HEAD_DIM + d.x;
+            let r2 = head * HEAD_DIM + d.y;
+            let a = dot_row(r1, t0, tiles);
+            let b = dot_row(r2, t0, tiles);
+            for (var tt = 0u; tt < tiles; tt++) {
+                values[s][tt] = vec2<f32>(a[tt] + bias_at(r1), b[tt] + bias_at(r2));
+            }
+        }
+    }
+    head_norm(lid, head, live, &values, dims);
+    if (!live) {
+        return;
+    }
+    for (var s = 0u; s < 2u; s++) {
+        let i = 2u * m + s;
+        if (i < N_ROT / 2u && head < N_HEAD + N_KV_HEAD) {
+            for (var tt = 0u; tt < tiles; tt++) {
+                let theta = rope_theta(params.n_past + t0 + tt, i);
                 let c = cos(theta);
                 let sn = sin(theta);
-                let r = v1 * c - v2 * sn;
-                v2 = v1 * sn + v2 * c;
-                v1 = r;
+                let v = values[s][tt];
+                values[s][tt] = vec2<f32>(v.x * c - v.y * sn, v.x * sn + v.y * c);
             }
-            values[s][tt] = vec2<f32>(v1, v2);
         }
     }
     // NEOX rotary pairs hold dimensions (i, i + N_ROT/2): the neighbours are across the two.

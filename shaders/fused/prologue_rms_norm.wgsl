@@ -1,29 +1,16 @@
 // RMSNorm prologue, on the staged input in place: the workgroup computes 1 / sqrt(mean(x^2) + EPS)
 // of each of its tokens and scales the staged values to x * that * norm_w, as the unfused rms_norm
 // kernel would have stored them.
-var<workgroup> partial: array<f32, 64>;
 var<workgroup> inv_rms: array<f32, TILE>;
 
 fn prologue(lid: u32, t0: u32) {
     for (var tt = 0u; tt < TILE; tt++) {
-        var sum = 0.0;
-        for (var i = lid; i < K; i += 64u) {
-            let v = x_raw(t0, tt, i);
-            sum += v * v;
-        }
-        partial[lid] = sum;
-        workgroupBarrier();
-        for (var stride = 32u; stride > 0u; stride >>= 1u) {
-            if (lid < stride) {
-                partial[lid] += partial[lid + stride];
-            }
-            workgroupBarrier();
-        }
+        let inv = staged_inv_rms(lid, tt, EPS);
         if (lid == 0u) {
-            inv_rms[tt] = inverseSqrt(partial[0] / f32(K) + EPS);
+            inv_rms[tt] = inv;
         }
-        workgroupBarrier();
     }
+    workgroupBarrier();
     for (var e = lid; e < TILE * K; e += 64u) {
         staged[e] = staged[e] * inv_rms[e / K] * norm_w[e % K];
     }

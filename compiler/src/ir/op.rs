@@ -30,6 +30,10 @@ pub enum Op {
     AddScalar(f32),
     Scale(f32),
     Unary(UnaryOp),
+    /// The input a fused product with a post-norm prologue formed (`x + rmsnorm(y) * w`), which
+    /// that product stores as it forms it, for the later ops that need the sum whole. Operand:
+    /// the fused product. It computes nothing of its own.
+    FormedInput,
     /// Reinterprets the operand with a new shape of the same per-token size (no data movement).
     Reshape(Vec<u64>),
     /// Rotary position embedding on `[T, heads, head_dim]`, positions counted from the cache.
@@ -53,11 +57,16 @@ pub enum Op {
         scale: f32,
         window: Option<u32>,
     },
-    /// The matrix-product archetype after fusion: `x W` with an RMSNorm prologue (`norm` = eps)
-    /// and an epilogue. Operands: x `[T, k]`, W `[k, n]`, the norm weight `[k]` (with `norm`),
-    /// the epilogue's operand (the residual for `Add`, the bias for `RopeKv { bias }`), then with
-    /// `partials` the per-head parts (an `AttentionProject`) added to x or to the residual first.
+    /// The matrix-product archetype after fusion: `x' W` with a prologue that forms x' and an
+    /// epilogue. x' is x, or x plus per-head parts (`partials` into the input), or with
+    /// `post_norm` (eps) `x + rmsnorm(y) * w_post`, y an operand or the parts' sum; then through
+    /// RMSNorm with `norm` (eps). W is `weights` weights `[k, n_i]` stacked by rows, each in its
+    /// own type. Operands in the order of `llamart::plan::FusedInputs`: x `[T, k]`, the weights,
+    /// y and w_post, the norm weight, the epilogue's operand (the residual for `Add`, the bias for
+    /// `RopeKv { bias }`), the q and k head-norm weights, the parts (an `AttentionProject`).
     FusedMatMul {
+        weights: u32,
+        post_norm: Option<f32>,
         norm: Option<f32>,
         epilogue: Epilogue,
         partials: Option<Partials>,
@@ -79,6 +88,7 @@ impl Op {
             Op::Unary(UnaryOp::Silu) => "silu",
             Op::Unary(UnaryOp::GeluTanh) => "gelu_tanh",
             Op::Reshape(_) => "reshape",
+            Op::FormedInput => "formed_input",
             Op::Rope { .. } => "rope",
             Op::Attention { .. } => "attention",
             Op::FusedMatMul { .. } => "fused_matmul",
@@ -125,6 +135,8 @@ impl Op {
                 None => format!("layer={layer} scale={scale}"),
             },
             Op::FusedMatMul {
+                weights,
+                post_norm,
                 norm,
                 epilogue,
                 partials,
@@ -142,23 +154,46 @@ impl Op {
                         base,
                         neox,
                         bias,
+                        qk_norm,
                     } => format!(
-                        "rope_kv(layer={layer} heads={n_head}/{n_kv_head}x{head_dim} n_rot={n_rot} base={base} {}{})",
+                        "rope_kv(layer={layer} heads={n_head}/{n_kv_head}x{head_dim} n_rot={n_rot} base={base} {}{}{})",
                         if *neox { "neox" } else { "normal" },
-                        if *bias { " bias" } else { "" }
+                        if *bias { " bias" } else { "" },
+                        qk_norm.map_or(String::new(), |eps| format!(" head_norms(eps={eps:e})"))
                     ),
                 };
-                let mut text = match partials {
-                    Some(Partials {
-                        into: PartialsInto::Input,
-                        count,
-                    }) => format!("x+=parts({count}) "),
-                    Some(Partials {
-                        into: PartialsInto::Residual,
-                        count,
-                    }) => format!("residual+=parts({count}) "),
-                    None => String::new(),
+                let mut text = if *weights > 1 {
+                    format!("weights={weights} ")
+                } else {
+                    String::new()
                 };
+                text += &match (partials, post_norm) {
+                    (
+                        Some(Partials {
+                            into: PartialsInto::Input,
+                            count,
+                        }),
+                        Some(eps),
+                    ) => format!("x+=rms_norm(parts({count}), eps={eps:e}) "),
+                    (
+                        Some(Partials {
+                            into: PartialsInto::Input,
+                            count,
+                        }),
+                        None,
+                    ) => {
+                        format!("x+=parts({count}) ")
+                    }
+                    (_, Some(eps)) => format!("x+=rms_norm(y, eps={eps:e}) "),
+                    _ => String::new(),
+                };
+                if let Some(Partials {
+                    into: PartialsInto::Residual,
+                    count,
+                }) = partials
+                {
+                    text += &format!("residual+=parts({count}) ");
+                }
                 if let Some(eps) = norm {
                     text += &format!("prologue=rms_norm(eps={eps:e}) ");
                 }

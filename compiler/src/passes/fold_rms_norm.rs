@@ -26,7 +26,12 @@ pub fn run(g: &mut Graph) -> usize {
             let operands = g.operands(u);
             let plain = match g.node(u).op {
                 Op::MatMul => true,
-                Op::FusedMatMul { norm, partials, .. } => norm.is_none() && partials.is_none(),
+                Op::FusedMatMul {
+                    norm,
+                    partials,
+                    post_norm,
+                    ..
+                } => norm.is_none() && partials.is_none() && post_norm.is_none(),
                 _ => false,
             };
             plain && operands[0] == norm && !operands[1..].contains(&norm)
@@ -35,16 +40,24 @@ pub fn run(g: &mut Graph) -> usize {
             continue;
         }
         for u in users {
-            let epilogue = match g.node(u).op {
-                Op::FusedMatMul { epilogue, .. } => epilogue,
-                _ => Epilogue::Store,
+            let (weights, epilogue) = match g.node(u).op {
+                Op::FusedMatMul {
+                    weights, epilogue, ..
+                } => (weights, epilogue),
+                _ => (1, Epilogue::Store),
             };
+            // The norm weight goes after the product's weights (`FusedInputs`).
             let operands = g.operands(u);
-            let mut new_operands = vec![x, operands[1], w];
-            new_operands.extend_from_slice(&operands[2..]);
+            let split = 1 + weights as usize;
+            let mut new_operands = vec![x];
+            new_operands.extend_from_slice(&operands[1..split]);
+            new_operands.push(w);
+            new_operands.extend_from_slice(&operands[split..]);
             let fused = g.add(
                 g.node(u).name.clone(),
                 Op::FusedMatMul {
+                    weights,
+                    post_norm: None,
                     norm: Some(eps),
                     epilogue,
                     partials: None,

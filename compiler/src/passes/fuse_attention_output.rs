@@ -8,9 +8,14 @@
 //! residual) add `r` and the heads' parts themselves as they load them. On the GPU the per-head
 //! parts are what one workgroup per head can compute; the CPU writes the whole projection as the
 //! first part and zeros as the others, so its logits keep every bit.
+//!
+//! With a post-norm (Gemma 3: `x' = r + rmsnorm(W_o attention(q)) * w`), the projection has no
+//! residual of its own: the product whose post-norm prologue forms x' takes the parts as the y it
+//! normalizes.
 
 use crate::ir::{Dim, Epilogue, Graph, NodeId, Op, Partials, PartialsInto};
 use crate::wgsl::MAX_STAGED_VALUES;
+use llamart::plan::FusedInputs;
 
 use super::pattern::only_user;
 
@@ -21,8 +26,11 @@ pub fn run(g: &mut Graph) -> usize {
         let Some(m) = match_projection(g, a) else {
             continue;
         };
-        let rewrites: Option<Vec<(NodeId, PartialsInto)>> =
-            g.users(a).into_iter().map(|u| consumer(g, u, a)).collect();
+        let rewrites: Option<Vec<(NodeId, PartialsInto)>> = g
+            .users(a)
+            .into_iter()
+            .map(|u| consumer(g, u, a, m.residual.is_some()))
+            .collect();
         let Some(rewrites) = rewrites.filter(|r| !r.is_empty()) else {
             continue;
         };
@@ -43,18 +51,31 @@ pub fn run(g: &mut Graph) -> usize {
             &[m.q, m.w_o],
         );
         for (u, into) in rewrites {
-            let Op::FusedMatMul { norm, epilogue, .. } = g.node(u).op else {
+            let Op::FusedMatMul {
+                weights,
+                post_norm,
+                norm,
+                epilogue,
+                ..
+            } = g.node(u).op
+            else {
                 unreachable!("checked by consumer()")
             };
-            let mut operands: Vec<NodeId> = g
-                .operands(u)
-                .into_iter()
-                .map(|o| if o == a { m.residual } else { o })
-                .collect();
+            let mut operands: Vec<NodeId> = match m.residual {
+                Some(r) => g
+                    .operands(u)
+                    .into_iter()
+                    .map(|o| if o == a { r } else { o })
+                    .collect(),
+                // The post-norm's y: the parts stand for it.
+                None => g.operands(u).into_iter().filter(|&o| o != a).collect(),
+            };
             operands.push(parts);
             let new = g.add(
                 g.node(u).name.clone(),
                 Op::FusedMatMul {
+                    weights,
+                    post_norm,
                     norm,
                     epilogue,
                     partials: Some(Partials {
@@ -74,7 +95,8 @@ pub fn run(g: &mut Graph) -> usize {
 struct Projection {
     q: NodeId,
     w_o: NodeId,
-    residual: NodeId,
+    /// The residual the projection adds (None: it stores the projection alone).
+    residual: Option<NodeId>,
     layer: u32,
     scale: f32,
     window: Option<u32>,
@@ -82,23 +104,26 @@ struct Projection {
     n_embd: u64,
 }
 
-/// `a = r + W_o flatten(attention(q))`, the attention reading q alone (its KV written by a fused
-/// QKV product) and used only through this projection.
+/// `a = r + W_o flatten(attention(q))`, or `a = W_o flatten(attention(q))`, the attention reading
+/// q alone (its KV written by a fused QKV product) and used only through this projection.
 fn match_projection(g: &Graph, a: NodeId) -> Option<Projection> {
-    let Op::FusedMatMul {
-        norm: None,
-        epilogue: Epilogue::Add,
-        partials: None,
-    } = g.node(a).op
-    else {
-        return None;
+    let (flat, w_o, residual) = match (&g.node(a).op, &g.operands(a)[..]) {
+        (
+            Op::FusedMatMul {
+                weights: 1,
+                post_norm: None,
+                norm: None,
+                epilogue: Epilogue::Add,
+                partials: None,
+            },
+            &[flat, w_o, residual],
+        ) => (flat, w_o, Some(residual)),
+        (Op::MatMul, &[flat, w_o]) => (flat, w_o, None),
+        _ => return None,
     };
     if g.outputs.contains(&a) {
         return None;
     }
-    let [flat, w_o, residual] = g.operands(a)[..] else {
-        return None;
-    };
     let att = *g.operands(flat).first()?;
     if !matches!(g.node(flat).op, Op::Reshape(_)) || only_user(g, flat)? != a {
         return None;
@@ -135,9 +160,17 @@ fn match_projection(g: &Graph, a: NodeId) -> Option<Projection> {
     })
 }
 
-/// How user `u` can take `a` as a sum of parts: as its input or as its residual.
-fn consumer(g: &Graph, u: NodeId, a: NodeId) -> Option<(NodeId, PartialsInto)> {
+/// How user `u` can take `a` as a sum of parts: as its input or as its residual (a projection
+/// with a residual), or as the y of its post-norm (one without).
+fn consumer(
+    g: &Graph,
+    u: NodeId,
+    a: NodeId,
+    with_residual: bool,
+) -> Option<(NodeId, PartialsInto)> {
     let Op::FusedMatMul {
+        weights,
+        post_norm,
         norm,
         epilogue,
         partials: None,
@@ -145,11 +178,19 @@ fn consumer(g: &Graph, u: NodeId, a: NodeId) -> Option<(NodeId, PartialsInto)> {
     else {
         return None;
     };
+    let layout = FusedInputs::new(
+        weights,
+        post_norm.is_some(),
+        norm.is_some(),
+        &epilogue,
+        None,
+    );
     let operands = g.operands(u);
     let at: Vec<usize> = (0..operands.len()).filter(|&i| operands[i] == a).collect();
-    match at[..] {
-        [0] => Some((u, PartialsInto::Input)),
-        [i] if epilogue == Epilogue::Add && i == 2 + usize::from(norm.is_some()) => {
+    match (&at[..], with_residual) {
+        (&[i], false) if Some(i) == layout.post_y => Some((u, PartialsInto::Input)),
+        (&[0], true) if post_norm.is_none() => Some((u, PartialsInto::Input)),
+        (&[i], true) if Some(i) == layout.epilogue && epilogue == Epilogue::Add => {
             Some((u, PartialsInto::Residual))
         }
         _ => None,

@@ -1,10 +1,11 @@
 //! Gate and up as one matrix product with the gated activation in its epilogue:
 //! `act(x Wg) * (x Wu)` becomes one product over `[Wg; Wu]` whose `Glu` epilogue stores
-//! `act(gate) * up`, so neither half is ever stored.
+//! `act(gate) * up`, so neither half is ever stored. Gate and up of different types stay two
+//! weights of the one product.
 
 use crate::ir::{Epilogue, Graph, NodeId, Op};
 
-use super::pattern::{only_user, stack_weights};
+use super::pattern::{only_user, stack_by_type};
 
 /// A product `x W` used only by `user`: (x, W).
 fn product(g: &Graph, id: NodeId, user: NodeId) -> Option<(NodeId, NodeId)> {
@@ -39,17 +40,21 @@ pub fn run(g: &mut Graph) -> usize {
         }
         // The gate weight's name: `blk.N.ffn_gate` becomes `blk.N.ffn_gate_up`.
         let name = format!("{}_up", g.node(gate).name);
-        let Some(w) = stack_weights(g, name.clone(), &[gate, up]) else {
+        let Some(weights) = stack_by_type(g, &name, &[gate, up]) else {
             continue;
         };
+        let mut operands = vec![x];
+        operands.extend(&weights);
         let glu = g.add(
             name,
             Op::FusedMatMul {
+                weights: weights.len() as u32,
+                post_norm: None,
                 norm: None,
                 epilogue: Epilogue::Glu(act),
                 partials: None,
             },
-            &[x, w],
+            &operands,
         );
         g.replace_uses(mul, glu);
         fused += 1;

@@ -5,11 +5,13 @@
 //! product's `RopeKv` epilogue rotates q into its output and stores rotated k and v straight into
 //! the layer's cache, so the attention reads q alone. The two passes the issue names are one here
 //! because the merged product without its epilogue would have three outputs, which no step has.
-//! Layers whose Q/K/V weights differ in type (Q4_K_M stores some V in Q6_K) are left alone.
+//! Weights of different types (Q4_K_M keeps some V a type above Q and K) stay separate weights of
+//! the one product. Per-head RMSNorms of q and k before RoPE (Gemma 3) move into the epilogue too,
+//! where the GPU's workgroups hold whole heads (head dimensions that divide its 256 values).
 
 use crate::ir::{Epilogue, Graph, NodeId, Op};
 
-use super::pattern::{only_user, stack_weights};
+use super::pattern::{only_user, stack_by_type, stack_weights};
 
 /// A projection `x W (+ bias)`.
 struct Projection {
@@ -74,19 +76,24 @@ pub fn run(g: &mut Graph) -> usize {
             weights,
             biases,
             rope: (n_rot, base, neox),
+            head_norms,
             n_head,
             n_kv_head,
             head_dim,
         } = plan;
-        let Some(w) = stack_weights(g, format!("blk.{layer}.attn_qkv"), &weights) else {
+        let Some(weights) = stack_by_type(g, &format!("blk.{layer}.attn_qkv"), &weights) else {
             continue;
         };
-        let mut operands = vec![x, w];
+        let mut operands = vec![x];
+        operands.extend(&weights);
         if let Some(b) = &biases {
             match stack_weights(g, format!("blk.{layer}.attn_qkv.bias"), b) {
                 Some(b) => operands.push(b),
                 None => continue,
             }
+        }
+        if let Some((_, wq, wk)) = head_norms {
+            operands.extend([wq, wk]);
         }
         let epilogue = Epilogue::RopeKv {
             layer,
@@ -97,10 +104,13 @@ pub fn run(g: &mut Graph) -> usize {
             base,
             neox,
             bias: biases.is_some(),
+            qk_norm: head_norms.map(|(eps, _, _)| eps),
         };
         let qkv = g.add(
             format!("blk.{layer}.attn_qkv"),
             Op::FusedMatMul {
+                weights: weights.len() as u32,
+                post_norm: None,
                 norm: None,
                 epilogue,
                 partials: None,
@@ -125,6 +135,8 @@ struct Plan {
     biases: Option<[NodeId; 3]>,
     /// n_rot, base, neox of the RoPE q and k share.
     rope: (u32, f32, bool),
+    /// The per-head RMSNorms of q and k before RoPE: eps, q weight, k weight.
+    head_norms: Option<(f32, NodeId, NodeId)>,
     n_head: u32,
     n_kv_head: u32,
     head_dim: u32,
@@ -140,14 +152,33 @@ fn match_layer(g: &Graph, att: NodeId) -> Option<Plan> {
         };
         (only_user(g, r)? == att).then(|| ((n_rot, base, neox), g.operands(r)[0]))
     };
+    // A per-head norm between the heads and RoPE: (eps, weight, the heads).
+    let head_norm = |n: NodeId, user: NodeId| -> Option<(f32, NodeId, NodeId)> {
+        let Op::RmsNorm { eps } = g.node(n).op else {
+            return None;
+        };
+        (only_user(g, n)? == user).then_some(())?;
+        let [heads, w] = g.operands(n)[..] else {
+            return None;
+        };
+        Some((eps, w, heads))
+    };
     let ((q_op, q), (k_op, k)) = (rope(q_rope)?, rope(k_rope)?);
     if q_op != k_op {
         return None;
     }
-    let (n_head, hd, pq) = heads(g, q, q_rope)?;
-    let (n_kv_head, hd_k, pk) = heads(g, k, k_rope)?;
+    let (q, q_user, k, k_user, head_norms) = match (head_norm(q, q_rope), head_norm(k, k_rope)) {
+        (Some((eq, wq, qh)), Some((ek, wk, kh))) if eq == ek => (qh, q, kh, k, Some((eq, wq, wk))),
+        (None, None) => (q, q_rope, k, k_rope, None),
+        _ => return None,
+    };
+    let (n_head, hd, pq) = heads(g, q, q_user)?;
+    let (n_kv_head, hd_k, pk) = heads(g, k, k_user)?;
     let (n_kv_v, hd_v, pv) = heads(g, v, att)?;
     if pq.x != pk.x || pk.x != pv.x || hd != hd_k || hd != hd_v || n_kv_head != n_kv_v {
+        return None;
+    }
+    if head_norms.is_some() && !crate::wgsl::head_norm_fits(hd) {
         return None;
     }
     let biases = match (pq.bias, pk.bias, pv.bias) {
@@ -160,6 +191,7 @@ fn match_layer(g: &Graph, att: NodeId) -> Option<Plan> {
         weights: [pq.w, pk.w, pv.w],
         biases,
         rope: q_op,
+        head_norms,
         n_head,
         n_kv_head,
         head_dim: hd,

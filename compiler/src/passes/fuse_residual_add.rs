@@ -32,15 +32,22 @@ pub fn run(g: &mut Graph) -> usize {
         let Some((m, r)) = found else {
             continue;
         };
-        let norm = match g.node(m).op {
-            Op::FusedMatMul { norm, .. } => norm,
-            _ => None,
+        let (weights, post_norm, norm) = match g.node(m).op {
+            Op::FusedMatMul {
+                weights,
+                post_norm,
+                norm,
+                ..
+            } => (weights, post_norm, norm),
+            _ => (1, None, None),
         };
         let mut operands = g.operands(m);
         operands.push(r);
         let fused_add = g.add(
             g.node(m).name.clone(),
             Op::FusedMatMul {
+                weights,
+                post_norm,
                 norm,
                 epilogue: Epilogue::Add,
                 partials: None,

@@ -61,7 +61,12 @@ pub fn run(g: &Graph, schedule: &[NodeId], max_batch: u32) -> MemoryPlan {
             .expect("activations are [T, ...]");
         let align = row_align(max_batch);
         row_bytes.insert(id, (per_token * 4).div_ceil(align) * align);
-        lifetime.insert(id, (position[&id], position[&id]));
+        // A formed input is written by the product that forms it: it is alive from that step.
+        let defined = match node.op {
+            Op::FormedInput => position[&g.operands(id)[0]],
+            _ => position[&id],
+        };
+        lifetime.insert(id, (defined, position[&id]));
     }
     for &id in schedule {
         for operand in g.operands(id) {

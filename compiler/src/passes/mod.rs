@@ -5,6 +5,7 @@ pub mod dce;
 pub mod fold_rms_norm;
 pub mod fuse_attention_output;
 pub mod fuse_gated_ffn;
+pub mod fuse_post_norm;
 pub mod fuse_qkv;
 pub mod fuse_residual_add;
 pub mod kv_layout;
@@ -95,14 +96,16 @@ pub struct Compiled {
 type Rewrite = fn(&mut Graph, &GgufFile) -> Result<usize, PassError>;
 
 /// The optional rewrites, in the order they run: folding, then the fusions, whose order matters:
-/// the products are merged before the norms fold into them, so each norm folds into one product,
-/// and the attention output is fused last, into the products the others made.
+/// the products are merged before the norms fold into them, so each norm folds into one product;
+/// post-norm sums move into the products whose pre-norm was folded; and the attention output is
+/// fused last, into the products the others made.
 pub const REWRITES: &[(&str, Rewrite)] = &[
     ("constant_fold", constant_fold::run),
     ("fuse_qkv", |g, _| Ok(fuse_qkv::run(g))),
     ("fuse_gated_ffn", |g, _| Ok(fuse_gated_ffn::run(g))),
     ("fuse_residual_add", |g, _| Ok(fuse_residual_add::run(g))),
     ("fold_rms_norm", |g, _| Ok(fold_rms_norm::run(g))),
+    ("fuse_post_norm", |g, _| Ok(fuse_post_norm::run(g))),
     ("fuse_attention_output", |g, _| {
         Ok(fuse_attention_output::run(g))
     }),
@@ -117,6 +120,7 @@ pub const PASSES: &[&str] = &[
     "fuse_gated_ffn",
     "fuse_residual_add",
     "fold_rms_norm",
+    "fuse_post_norm",
     "fuse_attention_output",
     "dce",
     "schedule",

@@ -52,3 +52,35 @@ pub fn stack_weights(g: &mut Graph, name: String, parts: &[NodeId]) -> Option<No
         &[],
     ))
 }
+
+/// The weights of a product over `parts` stacked by rows, in order: each run of neighbouring parts
+/// of one type stacked into one weight ([`stack_weights`]), so a Q4_K_M layer whose V is one type
+/// above Q and K gives two weights. None if the parts differ in row length or would make more
+/// than a fused product takes.
+pub fn stack_by_type(g: &mut Graph, name: &str, parts: &[NodeId]) -> Option<Vec<NodeId>> {
+    let mut runs: Vec<Vec<NodeId>> = Vec::new();
+    let mut row = None;
+    for &p in parts {
+        let (_, ty, dims) = weight(g, p)?;
+        let this_row = dims[..dims.len() - 1].to_vec();
+        if row.get_or_insert_with(|| this_row.clone()) != &this_row {
+            return None;
+        }
+        match runs.last_mut() {
+            Some(run) if weight(g, run[0]).map(|w| w.1) == Some(ty) => run.push(p),
+            _ => runs.push(vec![p]),
+        }
+    }
+    if runs.is_empty() || runs.len() > llamart::plan::MAX_STACKED_WEIGHTS {
+        return None;
+    }
+    let single = runs.len() == 1;
+    runs.into_iter()
+        .enumerate()
+        .map(|(i, run)| match run[..] {
+            [one] if !single => Some(one),
+            _ if single => stack_weights(g, name.to_string(), &run),
+            _ => stack_weights(g, format!("{name}.{i}"), &run),
+        })
+        .collect()
+}

@@ -109,6 +109,21 @@ fn infer(g: &Graph, id: NodeId) -> Result<TensorType, String> {
             }
             t.clone()
         }
+        Op::FormedInput => {
+            arity(1)?;
+            let producer = g.operands(id)[0];
+            if !matches!(
+                g.node(producer).op,
+                Op::FusedMatMul {
+                    post_norm: Some(_),
+                    ..
+                }
+            ) {
+                return Err("only a fused product with a post-norm forms an input".into());
+            }
+            let x = g.operands(producer)[0];
+            g.node(x).ty.clone().expect("operands are inferred first")
+        }
         Op::Reshape(dims) => {
             arity(1)?;
             let n = activation(operands[0])?;
@@ -200,24 +215,34 @@ fn infer(g: &Graph, id: NodeId) -> Result<TensorType, String> {
             }
         }
         Op::FusedMatMul {
+            weights,
+            post_norm,
             norm,
             epilogue,
             partials,
         } => {
-            let extra = match epilogue {
-                Epilogue::Add | Epilogue::RopeKv { bias: true, .. } => 1,
-                _ => 0,
-            };
-            let epilogue_operand = 2 + usize::from(norm.is_some());
-            arity(epilogue_operand + extra + usize::from(partials.is_some()))?;
+            let layout = llamart::plan::FusedInputs::new(
+                *weights,
+                post_norm.is_some(),
+                norm.is_some(),
+                epilogue,
+                *partials,
+            );
+            if *weights == 0 || *weights as usize > llamart::plan::MAX_STACKED_WEIGHTS {
+                return Err(format!("{weights} stacked weights"));
+            }
+            arity(layout.len)?;
             let k = activation(operands[0])?;
             if operands[0].shape.len() != 2 {
                 return Err(format!("x must be [T, k], got {}", operands[0]));
             }
-            let n = match (operands[1].dtype, operands[1].shape.as_slice()) {
-                (DType::Ggml(_), [Dim::Fixed(n), Dim::Fixed(wk)]) if *wk == k => *n,
-                _ => return Err(format!("weight must be [n, {k}], got {}", operands[1])),
-            };
+            let mut n = 0;
+            for w in &operands[layout.weights.clone()] {
+                n += match (w.dtype, w.shape.as_slice()) {
+                    (DType::Ggml(_), [Dim::Fixed(n), Dim::Fixed(wk)]) if *wk == k => *n,
+                    _ => return Err(format!("weights must be [n, {k}], got {w}")),
+                };
+            }
             let f32_weight = |t: &TensorType, len: u64, what: &str| {
                 if t.dtype == DType::Ggml(llamart::GgmlType::F32)
                     && t.shape.len() == 1
@@ -228,8 +253,19 @@ fn infer(g: &Graph, id: NodeId) -> Result<TensorType, String> {
                     Err(format!("{what} must be f32[{len}], got {t}"))
                 }
             };
-            if norm.is_some() {
-                f32_weight(operands[2], k, "the norm weight")?;
+            if let Some(i) = layout.post_y {
+                if activation(operands[i])? != k || operands[i].shape.len() != 2 {
+                    return Err(format!(
+                        "the post-norm's y must be [T, {k}], got {}",
+                        operands[i]
+                    ));
+                }
+            }
+            if let Some(i) = layout.post_weight {
+                f32_weight(operands[i], k, "the post-norm weight")?;
+            }
+            if let Some(i) = layout.norm_weight {
+                f32_weight(operands[i], k, "the norm weight")?;
             }
             if let Some(p) = partials {
                 let len = match p.into {
@@ -239,12 +275,12 @@ fn infer(g: &Graph, id: NodeId) -> Result<TensorType, String> {
                         return Err("parts for a residual, without one".into())
                     }
                 };
-                let parts = operands.last().expect("arity checked");
+                let parts = operands[layout.parts.expect("with partials")];
                 if activation(parts)? != u64::from(p.count) * len || parts.shape.len() != 2 {
                     return Err(format!("{} parts of {len} cannot be {parts}", p.count));
                 }
             }
-            let last = operands[epilogue_operand.min(operands.len() - 1)];
+            let last = operands[layout.epilogue.unwrap_or(0)];
             let out = match *epilogue {
                 Epilogue::Store => n,
                 Epilogue::Add => {
@@ -281,6 +317,10 @@ fn infer(g: &Graph, id: NodeId) -> Result<TensorType, String> {
                     }
                     if bias {
                         f32_weight(last, n, "the bias")?;
+                    }
+                    if let Some(i) = layout.qk_norm {
+                        f32_weight(operands[i], hd, "the q head-norm weight")?;
+                        f32_weight(operands[i + 1], hd, "the k head-norm weight")?;
                     }
                     h * hd
                 }

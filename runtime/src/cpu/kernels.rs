@@ -5,26 +5,55 @@ use crate::plan::UnaryOp;
 
 pub fn rms_norm(x: &[f32], w: &[f32], y: &mut [f32], n: usize, eps: f32) {
     for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
-        // Squares summed in f64 (as ggml sums them), in four interleaved lanes so the sum
-        // vectorizes; a fixed function of the row wherever it runs.
-        let mut lanes = [0f64; 4];
-        let chunks = xr.chunks_exact(4);
-        let tail: f64 = chunks
-            .remainder()
-            .iter()
-            .map(|&v| f64::from(v) * f64::from(v))
-            .sum();
-        for c in chunks {
-            for (l, &v) in lanes.iter_mut().zip(c) {
-                *l += f64::from(v) * f64::from(v);
-            }
-        }
-        let sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) + tail;
-        let scale = (1.0 / (sum / n as f64 + f64::from(eps)).sqrt()) as f32;
+        let scale = inverse_rms(xr, eps);
         for ((o, &v), &g) in yr.iter_mut().zip(xr).zip(w) {
             *o = v * scale * g;
         }
     }
+}
+
+/// [`rms_norm`] over groups of `n` values in place.
+pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], n: usize, eps: f32) {
+    for xr in x.chunks_exact_mut(n) {
+        let scale = inverse_rms(xr, eps);
+        for (v, &g) in xr.iter_mut().zip(w) {
+            *v = *v * scale * g;
+        }
+    }
+}
+
+/// `out = x + rmsnorm(y) * w` row by row (rows of `n`): a post-norm residual sum, with the bits
+/// of the unfused norm and add.
+pub fn post_norm_add(x: &[f32], y: &[f32], w: &[f32], out: &mut [f32], n: usize, eps: f32) {
+    for ((xr, yr), or) in x
+        .chunks_exact(n)
+        .zip(y.chunks_exact(n))
+        .zip(out.chunks_exact_mut(n))
+    {
+        let scale = inverse_rms(yr, eps);
+        for (((o, &r), &v), &g) in or.iter_mut().zip(xr).zip(yr).zip(w) {
+            *o = r + v * scale * g;
+        }
+    }
+}
+
+/// `1 / sqrt(mean(x^2) + eps)`, the squares summed in f64 (as ggml sums them), in four
+/// interleaved lanes so the sum vectorizes; a fixed function of the row wherever it runs.
+fn inverse_rms(xr: &[f32], eps: f32) -> f32 {
+    let mut lanes = [0f64; 4];
+    let chunks = xr.chunks_exact(4);
+    let tail: f64 = chunks
+        .remainder()
+        .iter()
+        .map(|&v| f64::from(v) * f64::from(v))
+        .sum();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += f64::from(v) * f64::from(v);
+        }
+    }
+    let sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) + tail;
+    (1.0 / (sum / xr.len() as f64 + f64::from(eps)).sqrt()) as f32
 }
 
 /// `y = a (op) b`; `b` has one row shared by all rows of `a` when `broadcast`.

@@ -93,6 +93,16 @@ fn workers_buffers(threads: usize, len: usize) -> Vec<RowBuf> {
         .collect()
 }
 
+/// One weight of a stacked product ([`MatMul::run_stacked`]): as [`MatMul::run`]'s `id`, `ty`,
+/// `w` and `n`.
+#[derive(Clone, Copy)]
+pub struct Part<'a> {
+    pub id: usize,
+    pub ty: GgmlType,
+    pub w: &'a [u8],
+    pub n: usize,
+}
+
 /// How a weight's bytes are laid out, as [`MatMul::prepare`] was told.
 enum Stored {
     /// Plain rows (what [`MatMul::run`] assumes of a weight it was not told about).
@@ -261,6 +271,38 @@ impl MatMul {
         k: usize,
         n: usize,
     ) {
+        self.product(Part { id, ty, w, n }, x, y, k, n, true);
+    }
+
+    /// [`MatMul::run`] over weights stacked by rows: part p's outputs are columns
+    /// `n_0 + ... + n_(p-1)` on of `y`, whose rows are `n_0 + ... ` values. Each part is
+    /// multiplied by its own type's kernel; parts whose types take the same activation format
+    /// share one quantization of `x`.
+    pub fn run_stacked(&mut self, parts: &[Part<'_>], x: &[f32], y: &mut [f32], k: usize) {
+        let ldy: usize = parts.iter().map(|p| p.n).sum();
+        let mut quantized_as: Vec<Option<(ActFormat, u8)>> = Vec::new();
+        let mut first = 0;
+        for &part in parts {
+            let format = quantized(&self.kernels, self.activations, part.ty)
+                .map(|(_, format, terms)| (format, terms));
+            let quantize = format.is_none() || !quantized_as.contains(&format);
+            quantized_as.push(format);
+            self.product(part, x, &mut y[first..], k, ldy, quantize);
+            first += part.n;
+        }
+    }
+
+    /// The product of one part into `y`, whose rows are `ldy` values apart; with `quantize`
+    /// false the activation buffers already hold `x` in this part's format.
+    fn product(
+        &mut self,
+        Part { id, ty, w, n }: Part<'_>,
+        x: &[f32],
+        y: &mut [f32],
+        k: usize,
+        ldy: usize,
+        quantize: bool,
+    ) {
         assert!(matmul_supports(ty), "no CPU matrix product for {ty}");
         let (w, packed) = match self.stored.get(id) {
             Some(Stored::Unpacked(rows)) => (&rows[..], None),
@@ -275,7 +317,7 @@ impl MatMul {
             .bytes_for(k as u64)
             .expect("k is a whole number of blocks") as usize;
         assert!(
-            w.len() >= n * row_bytes && y.len() >= n_tokens * n,
+            w.len() >= n * row_bytes && n <= ldy && y.len() + ldy >= n_tokens * ldy + n,
             "operands too small"
         );
         let threads = self.pool.threads();
@@ -294,7 +336,9 @@ impl MatMul {
         if let Some((tile, format, terms)) = quantized(&self.kernels, self.activations, ty) {
             let acts = self.acts.raw(format, terms, k, n_tokens);
             let level = self.kernels.level;
-            if n_tokens >= PARALLEL_QUANTIZE_TOKENS {
+            if !quantize {
+                // Quantized by an earlier part of the same stacked product.
+            } else if n_tokens >= PARALLEL_QUANTIZE_TOKENS {
                 let next_token = AtomicUsize::new(0);
                 self.pool.run(&|_| loop {
                     let t0 = next_token.fetch_add(4, Ordering::Relaxed);
@@ -338,7 +382,7 @@ impl MatMul {
                 // The kernels write only their columns of y, which no other chunk has.
                 self.pool.run(&|_| {
                     while let Some(r) = rows() {
-                        product(r.clone(), out.at(r.start), n);
+                        product(r.clone(), out.at(r.start), ldy);
                     }
                 });
             } else {
@@ -361,7 +405,7 @@ impl MatMul {
                                 // SAFETY: elements (t, part) belong to the chunk holding `part`.
                                 let o = unsafe {
                                     std::slice::from_raw_parts_mut(
-                                        out.at(t * n + part.start),
+                                        out.at(t * ldy + part.start),
                                         part.len(),
                                     )
                                 };
@@ -392,7 +436,7 @@ impl MatMul {
                         };
                         for t in 0..n_tokens {
                             // SAFETY: element (t, j) belongs to the chunk holding row j.
-                            unsafe { *out.at(t * n + j) = dot(wf, &x[t * k..(t + 1) * k]) };
+                            unsafe { *out.at(t * ldy + j) = dot(wf, &x[t * k..(t + 1) * k]) };
                         }
                     }
                 }

@@ -7,11 +7,11 @@ mod matmul;
 
 use thiserror::Error;
 
-use crate::plan::{Buf, Epilogue, Kernel, LoadedPlan, PartialsInto};
+use crate::plan::{Buf, Epilogue, Kernel, LoadedPlan, PartialsInto, MAX_STACKED_WEIGHTS};
 use crate::GgmlType;
 use dot::Packed;
 
-pub use matmul::{matmul_supports, MatMul, MATMUL_TYPES};
+pub use matmul::{matmul_supports, MatMul, Part, MATMUL_TYPES};
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -89,6 +89,28 @@ fn add_parts(x: &[f32], (parts, count): (&[f32], usize), out: &mut [f32], len: u
             }
         }
     }
+}
+
+/// `out = parts[0] + ... + parts[count - 1]` row by row, over the matrix products' threads: the
+/// projection the parts of an attention step sum to.
+fn sum_parts_in_parallel(
+    matmul: &matmul::MatMul,
+    (parts, count): (&[f32], usize),
+    out: &mut [f32],
+    len: usize,
+) {
+    par_rows(matmul, out, len, |r, o| {
+        let parts = &parts[r.start * count * len..r.end * count * len];
+        for (pr, or) in parts.chunks_exact(count * len).zip(o.chunks_exact_mut(len)) {
+            let (first, rest) = pr.split_at(len);
+            or.copy_from_slice(first);
+            for part in rest.chunks_exact(len) {
+                for (o, &p) in or.iter_mut().zip(part) {
+                    *o += p;
+                }
+            }
+        }
+    });
 }
 
 /// Values a thread should get at least in pointwise work spread over the threads: less is not
@@ -192,6 +214,9 @@ pub struct Session<'p> {
     matmul: matmul::MatMul,
     /// The normalized inputs of fused products with an RMSNorm prologue (max_batch rows).
     normed: Vec<f32>,
+    /// The inputs that fused products with a post-norm prologue form, where no later step reads
+    /// them (max_batch rows).
+    formed: Vec<f32>,
     /// The raw products of fused products whose epilogue reshapes them (GLU, RoPE + KV), and of
     /// the projection after attention.
     wide: Vec<f32>,
@@ -224,7 +249,9 @@ impl<'p> Session<'p> {
         let mut max_k = 0usize;
         let (mut normed_len, mut wide_len) = (0usize, 0usize);
         let (mut summed_len, mut attended_len) = (0usize, 0usize);
-        let mut products = Vec::new();
+        // Every product's weights: (weight, k, rows).
+        let mut products: Vec<(u32, u32, u32)> = Vec::new();
+        let mut formed_len = 0usize;
         for step in &h.steps {
             let rope_of = match step.kernel {
                 Kernel::Rope { n_rot, base, .. } => Some((n_rot, base)),
@@ -242,18 +269,31 @@ impl<'p> Session<'p> {
                     rope.push(kernels::RopeTable::new(base, n_rot as usize, ctx));
                 }
             }
+            let weight_at = |i: usize| match step.inputs[i] {
+                Buf::Weight(w) => w,
+                _ => unreachable!("validated"),
+            };
             match step.kernel {
-                Kernel::MatMul { k, n } => products.push((step, k, n)),
+                Kernel::MatMul { k, n } => products.push((weight_at(1), k, n)),
                 Kernel::FusedMatMul {
                     k,
                     n,
+                    post_norm,
                     norm,
                     epilogue,
                     partials,
+                    ..
                 } => {
-                    products.push((step, k, n));
-                    if norm.is_some() {
+                    let layout = step.kernel.fused_inputs().expect("a fused product");
+                    for i in layout.weights {
+                        let w = weight_at(i);
+                        products.push((w, k, h.weights[w as usize].dims[1] as u32));
+                    }
+                    if norm.is_some() || post_norm.is_some() {
                         normed_len = normed_len.max(k as usize);
+                    }
+                    if post_norm.is_some() && step.formed.is_none() {
+                        formed_len = formed_len.max(k as usize);
                     }
                     if matches!(epilogue, Epilogue::Glu(_) | Epilogue::RopeKv { .. }) {
                         wide_len = wide_len.max(n as usize);
@@ -269,24 +309,18 @@ impl<'p> Session<'p> {
                     ..
                 } => {
                     let k = n_head * head_dim;
-                    products.push((step, k, n));
+                    products.push((weight_at(1), k, n));
                     attended_len = attended_len.max(k as usize);
                     wide_len = wide_len.max(n as usize);
                 }
                 _ => {}
             }
         }
-        let weight_of = |step: &crate::plan::Step| {
-            let Buf::Weight(w) = step.inputs[1] else {
-                unreachable!("validated")
-            };
-            w
-        };
         let matmul_types: Vec<GgmlType> = products
             .iter()
-            .map(|(step, k, _)| {
-                max_k = max_k.max(*k as usize);
-                h.weights[weight_of(step) as usize].ty
+            .map(|&(w, k, _)| {
+                max_k = max_k.max(k as usize);
+                h.weights[w as usize].ty
             })
             .collect();
         let threads = threads.max(1);
@@ -322,8 +356,7 @@ impl<'p> Session<'p> {
                     why: e.to_string(),
                 },
             )?;
-        for (step, k, n) in products {
-            let w = weight_of(step);
+        for (w, k, n) in products {
             let info = &h.weights[w as usize];
             matmul.prepare(
                 w as usize,
@@ -383,6 +416,7 @@ impl<'p> Session<'p> {
             scratch,
             matmul,
             normed: vec![0.0; normed_len * max_batch],
+            formed: vec![0.0; formed_len * max_batch],
             wide: vec![0.0; wide_len * max_batch],
             summed: vec![0.0; summed_len * max_batch],
             attended: vec![0.0; attended_len * max_batch],
@@ -706,46 +740,87 @@ impl<'p> Session<'p> {
             Kernel::FusedMatMul {
                 k,
                 n,
+                post_norm,
                 norm,
                 epilogue,
                 partials,
+                ..
             } => {
-                let Buf::Weight(w) = step.inputs[1] else {
-                    unreachable!("validated")
-                };
-                let ty = plan.header.weights[w as usize].ty;
-                let weight = plan.weight(w);
+                let layout = step.kernel.fused_inputs().expect("a fused product");
                 let (k, n) = (k as usize, n as usize);
                 let at = self.kv_write_position(n_tokens);
+                let parts_into = partials.map(|p| p.into);
                 let parts = |len: usize| {
-                    let count = partials.expect("called with partials").count as usize;
-                    (
-                        read(step.inputs.last().expect("validated"), count * len),
-                        count,
-                    )
+                    let count = partials.expect("called with parts").count as usize;
+                    let i = layout.parts.expect("validated");
+                    (read(&step.inputs[i], count * len), count)
                 };
+                let weights_of = |w: &Buf| {
+                    let Buf::Weight(w) = *w else {
+                        unreachable!("validated")
+                    };
+                    let info = &plan.header.weights[w as usize];
+                    Part {
+                        id: w as usize,
+                        ty: info.ty,
+                        w: plan.weight(w),
+                        n: info.dims[1] as usize,
+                    }
+                };
+                let mut stacked = [weights_of(&step.inputs[1]); MAX_STACKED_WEIGHTS];
+                for (slot, i) in stacked.iter_mut().zip(layout.weights.clone()) {
+                    *slot = weights_of(&step.inputs[i]);
+                }
+                let stacked = &stacked[..layout.weights.len()];
                 let mut x = read(&step.inputs[0], k);
-                if partials.is_some_and(|p| p.into == PartialsInto::Input) {
+                if let Some(eps) = post_norm {
+                    // The formed input `x + rmsnorm(y) * w`, y an operand or the sum of the parts.
+                    let y = match layout.post_y {
+                        Some(i) => read(&step.inputs[i], k),
+                        None => {
+                            let summed = &mut self.summed[..n_tokens * k];
+                            sum_parts_in_parallel(&self.matmul, parts(k), summed, k);
+                            summed
+                        }
+                    };
+                    let w = weight_f32(&step.inputs[layout.post_weight.expect("validated")]);
+                    let formed = match step.formed {
+                        Some(Buf::Arena { offset, .. }) => {
+                            let start = offset as usize / 4;
+                            assert!(start + n_tokens * k <= arena_len);
+                            // SAFETY: validated to overlap neither the inputs nor the output.
+                            unsafe {
+                                std::slice::from_raw_parts_mut(arena.add(start), n_tokens * k)
+                            }
+                        }
+                        _ => &mut self.formed[..n_tokens * k],
+                    };
+                    par_rows(&self.matmul, formed, k, |r, o| {
+                        let rows = r.start * k..r.end * k;
+                        kernels::post_norm_add(&x[rows.clone()], &y[rows], w, o, k, eps)
+                    });
+                    x = formed;
+                } else if parts_into == Some(PartialsInto::Input) {
                     let summed = &mut self.summed[..n_tokens * k];
                     add_parts_in_parallel(&self.matmul, x, parts(k), summed, k);
                     x = summed;
                 }
                 if let Some(eps) = norm {
                     let normed = &mut self.normed[..n_tokens * k];
-                    let w = weight_f32(&step.inputs[2]);
+                    let w = weight_f32(&step.inputs[layout.norm_weight.expect("validated")]);
                     par_rows(&self.matmul, normed, k, |r, o| {
                         kernels::rms_norm(&x[r.start * k..r.end * k], w, o, k, eps)
                     });
                     x = normed;
                 }
-                let rest = &step.inputs[2 + usize::from(norm.is_some())..];
+                let epilogue_input = layout.epilogue.map(|i| &step.inputs[i]);
                 match epilogue {
-                    Epilogue::Store => self.matmul.run(w as usize, ty, weight, x, write(n), k, n),
+                    Epilogue::Store => self.matmul.run_stacked(stacked, x, write(n), k),
                     Epilogue::Add => {
                         let y = write(n);
-                        self.matmul.run(w as usize, ty, weight, x, y, k, n);
-                        let mut residual = read(&rest[0], n);
-                        if partials.is_some_and(|p| p.into == PartialsInto::Residual) {
+                        self.matmul.run_stacked(stacked, x, y, k);
+                        let mut residual = read(epilogue_input.expect("validated"), n);
+                        if parts_into == Some(PartialsInto::Residual) {
                             let summed = &mut self.summed[..n_tokens * n];
                             add_parts_in_parallel(&self.matmul, residual, parts(n), summed, n);
                             residual = summed;
@@ -760,7 +835,7 @@ impl<'p> Session<'p> {
                     }
                     Epilogue::Glu(op) => {
                         let wide = &mut self.wide[..n_tokens * n];
-                        self.matmul.run(w as usize, ty, weight, x, wide, k, n);
+                        self.matmul.run_stacked(stacked, x, wide, k);
                         let wide = &*wide;
                         let m = n / 2;
                         par_rows(&self.matmul, write(m), m, |r, out| {
@@ -779,15 +854,30 @@ impl<'p> Session<'p> {
                         base,
                         neox,
                         bias,
+                        qk_norm,
                     } => {
                         let wide = &mut self.wide[..n_tokens * n];
-                        self.matmul.run(w as usize, ty, weight, x, wide, k, n);
+                        self.matmul.run_stacked(stacked, x, wide, k);
                         if bias {
-                            let b = weight_f32(&rest[0]);
+                            let b = weight_f32(epilogue_input.expect("validated"));
                             for row in wide.chunks_exact_mut(n) {
                                 for (v, &b) in row.iter_mut().zip(b) {
                                     *v += b;
                                 }
+                            }
+                        }
+                        let (hd, h, hkv) = (head_dim as usize, n_head as usize, n_kv_head as usize);
+                        let (q_len, kv_len) = (h * hd, hkv * hd);
+                        if let Some(eps) = qk_norm {
+                            let at = layout.qk_norm.expect("validated");
+                            let (wq, wk) = (
+                                weight_f32(&step.inputs[at]),
+                                weight_f32(&step.inputs[at + 1]),
+                            );
+                            for row in wide.chunks_exact_mut(n) {
+                                let (q, kv) = row.split_at_mut(q_len);
+                                kernels::rms_norm_in_place(q, wq, hd, eps);
+                                kernels::rms_norm_in_place(&mut kv[..kv_len], wk, hd, eps);
                             }
                         }
                         let table = self
@@ -795,8 +885,6 @@ impl<'p> Session<'p> {
                             .iter()
                             .find(|t| t.base == base && t.n_rot == n_rot as usize)
                             .expect("built at load");
-                        let (hd, h, hkv) = (head_dim as usize, n_head as usize, n_kv_head as usize);
-                        let (q_len, kv_len) = (h * hd, hkv * hd);
                         let lay = plan.header.kv.layers[layer as usize];
                         let past = self.n_past;
                         let out = write(q_len);
@@ -1044,6 +1132,10 @@ fn validate(plan: &LoadedPlan) -> Result<(), LoadError> {
                 }
             };
             let mut regions = Vec::new();
+            let mut formed = None;
+            if step.formed.is_some() && !matches!(step.kernel, Kernel::FusedMatMul { .. }) {
+                return Err("only a fused product stores its formed input".into());
+            }
             let out = match step.kernel {
                 Kernel::Embed { n } => {
                     arity(2)?;
@@ -1136,22 +1228,32 @@ fn validate(plan: &LoadedPlan) -> Result<(), LoadError> {
                 Kernel::FusedMatMul {
                     k,
                     n,
-                    norm,
+                    weights,
+                    post_norm,
+                    norm: _,
                     epilogue,
                     partials,
                 } => {
-                    let extra = match epilogue {
-                        Epilogue::Store | Epilogue::RopeKv { bias: false, .. } => 0,
-                        Epilogue::Add | Epilogue::RopeKv { bias: true, .. } => 1,
-                        Epilogue::Glu(_) => {
-                            if n % 2 != 0 {
-                                return Err(format!("a GLU product of {n} rows"));
-                            }
-                            0
+                    if weights == 0 || weights as usize > MAX_STACKED_WEIGHTS {
+                        return Err(format!("{weights} stacked weights"));
+                    }
+                    if let Epilogue::Glu(_) = epilogue {
+                        if n % 2 != 0 {
+                            return Err(format!("a GLU product of {n} rows"));
                         }
-                    };
-                    let epilogue_input = 2 + usize::from(norm.is_some());
-                    arity(epilogue_input + extra + usize::from(partials.is_some()))?;
+                    }
+                    let layout = step.kernel.fused_inputs().expect("a fused product");
+                    arity(layout.len)?;
+                    let mut rows = 0u64;
+                    for i in layout.weights.clone() {
+                        let w = weight(&step.inputs[i])?;
+                        let part_rows = w.dims.get(1).copied().unwrap_or(0);
+                        product_weight(&step.inputs[i], k, part_rows as u32)?;
+                        rows += part_rows;
+                    }
+                    if rows != u64::from(n) {
+                        return Err(format!("stacked weights of {rows} rows for {n} outputs"));
+                    }
                     if let Some(p) = partials {
                         let len = match p.into {
                             PartialsInto::Input => k,
@@ -1160,17 +1262,31 @@ fn validate(plan: &LoadedPlan) -> Result<(), LoadError> {
                                 return Err("parts for a residual, without one".into())
                             }
                         };
-                        let parts = step.inputs.last().expect("arity checked");
+                        let parts = &step.inputs[layout.parts.expect("with partials")];
                         regions.push(arena_region(parts, u64::from(p.count * len))?);
                     }
-                    product_weight(&step.inputs[1], k, n)?;
                     regions.push(arena_region(&step.inputs[0], u64::from(k))?);
-                    if norm.is_some() {
-                        f32_weight(&step.inputs[2], u64::from(k))?;
+                    if let Some(i) = layout.post_y {
+                        regions.push(arena_region(&step.inputs[i], u64::from(k))?);
                     }
-                    let last = &step.inputs[epilogue_input.min(step.inputs.len() - 1)];
+                    if let Some(i) = layout.post_weight {
+                        f32_weight(&step.inputs[i], u64::from(k))?;
+                    }
+                    if let Some(i) = layout.norm_weight {
+                        f32_weight(&step.inputs[i], u64::from(k))?;
+                    }
+                    match (step.formed, post_norm) {
+                        (Some(b), Some(_)) => formed = Some(arena_region(&b, u64::from(k))?),
+                        (Some(_), None) => {
+                            return Err("stores a formed input, without a post-norm".into())
+                        }
+                        (None, _) => {}
+                    }
                     match epilogue {
-                        Epilogue::Add => regions.push(arena_region(last, u64::from(n))?),
+                        Epilogue::Add => {
+                            let residual = &step.inputs[layout.epilogue.expect("with Add")];
+                            regions.push(arena_region(residual, u64::from(n))?)
+                        }
                         Epilogue::RopeKv {
                             layer,
                             n_head,
@@ -1190,7 +1306,12 @@ fn validate(plan: &LoadedPlan) -> Result<(), LoadError> {
                                 ));
                             }
                             if bias {
-                                f32_weight(last, u64::from(n))?;
+                                let b = &step.inputs[layout.epilogue.expect("with a bias")];
+                                f32_weight(b, u64::from(n))?;
+                            }
+                            if let Some(i) = layout.qk_norm {
+                                f32_weight(&step.inputs[i], u64::from(head_dim))?;
+                                f32_weight(&step.inputs[i + 1], u64::from(head_dim))?;
                             }
                         }
                         Epilogue::Store | Epilogue::Glu(_) => {}
@@ -1198,8 +1319,15 @@ fn validate(plan: &LoadedPlan) -> Result<(), LoadError> {
                     arena_region(&step.output, u64::from(epilogue.output_len(n)))?
                 }
             };
-            if let Some(r) = regions.iter().find(|r| r.0 < out.1 && out.0 < r.1) {
-                return Err(format!("output {out:?} overlaps input {r:?}"));
+            for out in [Some(out), formed].into_iter().flatten() {
+                if let Some(r) = regions.iter().find(|r| r.0 < out.1 && out.0 < r.1) {
+                    return Err(format!("output {out:?} overlaps input {r:?}"));
+                }
+            }
+            if let (Some(f), o) = (formed, out) {
+                if f.0 < o.1 && o.0 < f.1 {
+                    return Err(format!("formed input {f:?} overlaps output {o:?}"));
+                }
             }
             Ok(())
         };

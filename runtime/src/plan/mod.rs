@@ -383,6 +383,10 @@ pub struct Step {
     pub kernel: Kernel,
     pub inputs: Vec<Buf>,
     pub output: Buf,
+    /// Where a fused product with a post-norm prologue also stores the input row it formed
+    /// (`x + rmsnorm(y) * w`), for the later steps that need that sum whole: the residual stream
+    /// of a post-norm model is formed only inside the products that read it.
+    pub formed: Option<Buf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -466,12 +470,17 @@ pub enum Kernel {
         n: u32,
     },
     /// The matrix product archetype with what the fusion passes folded into it: `y = W x'` for a
-    /// weight W `[k, n]` (ggml order), where x' is x, or with `norm` set, x through RMSNorm
-    /// (`x / sqrt(mean(x^2) + eps) * norm_weight`); then the epilogue. Inputs: x, W, the norm
-    /// weight (with `norm`), the epilogue's input, then the parts (with `partials`).
+    /// weight W `[k, n]` (ggml order), where x' is the formed input, or with `norm` set, the
+    /// formed input through RMSNorm (`x / sqrt(mean(x^2) + eps) * norm_weight`); then the
+    /// epilogue. The formed input is x, or x plus the parts (`partials` into the input), or with
+    /// `post_norm`, `x + rmsnorm(y) * post_weight` where y is an operand or the sum of the parts.
+    /// W is `weights` weights stacked by rows, each in its own type (a Q4_K_M layer keeps V one
+    /// type above Q and K). Inputs in the order of [`FusedInputs`].
     FusedMatMul {
         k: u32,
         n: u32,
+        weights: u32,
+        post_norm: Option<f32>,
         norm: Option<f32>,
         epilogue: Epilogue,
         partials: Option<Partials>,
@@ -504,8 +513,10 @@ pub enum Epilogue {
     /// Gate and up in one product: `act(y[j]) * y[n/2 + j]`, output `[n/2]`.
     Glu(UnaryOp),
     /// Q, K and V in one product (`n = (n_head + 2 n_kv_head) head_dim`), plus a bias input `[n]`
-    /// when `bias`: q gets rotary embeddings and is the output `[n_head * head_dim]`; k gets them
-    /// too and goes to the layer's KV cache with v, at the step's positions.
+    /// when `bias`, then with `qk_norm` each q and k head through RMSNorm (weights `[head_dim]`,
+    /// one for q and one for k): q gets rotary embeddings and is the output
+    /// `[n_head * head_dim]`; k gets them too and goes to the layer's KV cache with v, at the
+    /// step's positions.
     RopeKv {
         layer: u32,
         n_head: u32,
@@ -515,7 +526,102 @@ pub enum Epilogue {
         base: f32,
         neox: bool,
         bias: bool,
+        qk_norm: Option<f32>,
     },
+}
+
+/// Most weights a fused product stacks (Q, K and V).
+pub const MAX_STACKED_WEIGHTS: usize = 3;
+
+/// Where a fused product's operands are among its step's inputs. In order: x, the weights, the
+/// post-norm's y (unless the parts are y) and weight, the norm weight, the residual (`Add`) or
+/// bias (`RopeKv`), the q and k head-norm weights, the parts. The compiler orders the fused op's
+/// operands the same way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FusedInputs {
+    pub weights: std::ops::Range<usize>,
+    pub post_y: Option<usize>,
+    pub post_weight: Option<usize>,
+    pub norm_weight: Option<usize>,
+    /// The residual of `Add`, the bias of `RopeKv { bias: true }`.
+    pub epilogue: Option<usize>,
+    /// The q head-norm weight; the k one follows it.
+    pub qk_norm: Option<usize>,
+    pub parts: Option<usize>,
+    /// How many inputs there are.
+    pub len: usize,
+}
+
+impl FusedInputs {
+    pub fn new(
+        weights: u32,
+        post_norm: bool,
+        norm: bool,
+        epilogue: &Epilogue,
+        partials: Option<Partials>,
+    ) -> FusedInputs {
+        let mut next = 1 + weights as usize;
+        let mut take = |present: bool, count: usize| {
+            let at = present.then_some(next);
+            next += if present { count } else { 0 };
+            at
+        };
+        let parts_are_y = partials.is_some_and(|p| p.into == PartialsInto::Input);
+        let post_y = take(post_norm && !parts_are_y, 1);
+        let post_weight = take(post_norm, 1);
+        let norm_weight = take(norm, 1);
+        let epilogue_input = take(
+            matches!(
+                epilogue,
+                Epilogue::Add | Epilogue::RopeKv { bias: true, .. }
+            ),
+            1,
+        );
+        let qk_norm = take(
+            matches!(
+                epilogue,
+                Epilogue::RopeKv {
+                    qk_norm: Some(_),
+                    ..
+                }
+            ),
+            2,
+        );
+        let parts = take(partials.is_some(), 1);
+        FusedInputs {
+            weights: 1..1 + weights as usize,
+            post_y,
+            post_weight,
+            norm_weight,
+            epilogue: epilogue_input,
+            qk_norm,
+            parts,
+            len: next,
+        }
+    }
+}
+
+impl Kernel {
+    /// The operand positions of a `FusedMatMul`.
+    pub fn fused_inputs(&self) -> Option<FusedInputs> {
+        match *self {
+            Kernel::FusedMatMul {
+                weights,
+                post_norm,
+                norm,
+                ref epilogue,
+                partials,
+                ..
+            } => Some(FusedInputs::new(
+                weights,
+                post_norm.is_some(),
+                norm.is_some(),
+                epilogue,
+                partials,
+            )),
+            _ => None,
+        }
+    }
 }
 
 impl Epilogue {
