@@ -1,6 +1,6 @@
-// Rows of an embedding table, picked by token id. Constants: N (row length), ROW_BYTES, ROW0 and
-// ROWS (the part of the table bound as `wq`, when the table is split across bindings).
-@group(0) @binding(1) var<storage, read> wq: array<u32>;
+// Rows of an embedding table, picked by token id, times SCALE (Gemma's sqrt(n_embd); 1 for the
+// others). Constants: N (row length) and the table's decoders (`weight`, over every binding the
+// table takes). Bindings: the table's first at 1, ids at 2, y at 3, the table's others from 4.
 @group(0) @binding(2) var<storage, read_write> ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
@@ -11,8 +11,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (i >= N || t >= params.n_tokens) {
         return;
     }
-    let id = ids[t];
-    if (id >= ROW0 && id < ROW0 + ROWS) {
-        y[t * N + i] = weight(id - ROW0, i);
-    }
+    y[t * N + i] = weight(ids[t], i) * SCALE;
 }

@@ -149,7 +149,7 @@ impl Builder {
         };
         b.steps.push(Step {
             formed: None,
-            kernel: Kernel::Embed { n: k },
+            kernel: Kernel::Embed { n: k, scale: 1.0 },
             inputs: vec![table, ids],
             output: out,
         });
@@ -166,7 +166,7 @@ impl Builder {
         };
         self.steps.push(Step {
             formed: None,
-            kernel: Kernel::Embed { n },
+            kernel: Kernel::Embed { n, scale: 1.0 },
             inputs: vec![table, ids],
             output: out,
         });
@@ -600,17 +600,24 @@ fn the_logits_step_computes_only_the_wanted_rows() {
         let path = b.finish_with_max_binding(head, n, no_kv(), max_binding);
         let plan = LoadedPlan::open(&path).unwrap();
         let gpu = &plan.header.gpu;
-        let head_dispatches = gpu.dispatches.iter().filter(|d| d.logits).count() as u32;
+        let head: Vec<&GpuDispatch> = gpu.dispatches.iter().filter(|d| d.logits).collect();
+        // A fused head reads every binding its weight needs in one dispatch.
+        let weight_bindings = head
+            .iter()
+            .flat_map(|d| &d.bindings)
+            .filter(|b| matches!(b, GpuBinding::Weight { index, .. } if Buf::Weight(*index) == w))
+            .count();
         let expected = if max_binding < u64::from(n) * 68 {
             2
         } else {
             1
         };
         assert_eq!(
-            head_dispatches, expected,
-            "fused {fused}: the head's dispatches"
+            weight_bindings, expected,
+            "fused {fused}: the head's bindings"
         );
-        let label = format!("fused {fused}, head in {head_dispatches} dispatches");
+        assert_eq!(head.len(), 1, "fused {fused}: the head's dispatches");
+        let label = format!("fused {fused}, head in {weight_bindings} bindings");
         compare_steps(&label, &path, &steps);
 
         let mut session = GpuSession::new(&plan).unwrap();
@@ -618,7 +625,7 @@ fn the_logits_step_computes_only_the_wanted_rows() {
         let all = gpu.dispatches.len() as u32;
         assert_eq!(
             session.last_step.dispatches,
-            all - head_dispatches,
+            all - head.len() as u32,
             "{label}"
         );
         assert_eq!(session.last_step.bytes_read_back, 0, "{label}");
@@ -972,17 +979,230 @@ fn weights_split_across_bindings_give_the_same_result() {
         let y = b.op(fused, vec![x, w, norm_w, r], n);
         let path = b.finish_with_max_binding(y, n, no_kv(), max_binding);
         let plan = LoadedPlan::open(&path).unwrap();
-        let parts = plan
+        let dispatches: Vec<&GpuDispatch> = plan
             .header
             .gpu
             .dispatches
             .iter()
             .filter(|d| d.step == 2)
+            .collect();
+        let bindings = dispatches[0]
+            .bindings
+            .iter()
+            .filter(|b| matches!(b, GpuBinding::Weight { size, .. } if *size <= max_binding))
             .count();
         assert!(
-            parts >= 2,
-            "{ty}: {parts} dispatches for a fused weight of 1000 rows"
+            dispatches.len() == 1 && bindings >= 2,
+            "{ty}: {} dispatches, {bindings} weight bindings for a fused weight of 1000 rows",
+            dispatches.len()
         );
         compare(&format!("split fused {ty}"), &path);
     }
+}
+
+/// What the fusions of other families build: weights of different types stacked in one product
+/// (Q4_K_M's Q/K/V and gate/up), per-head q/k norms in the QKV epilogue (Gemma 3), and post-norm
+/// sums formed in a prologue, from an operand or from attention parts, and stored for later steps.
+#[test]
+fn fused_products_of_mixed_types_head_norms_and_post_norms() {
+    if !gpu_available() {
+        return;
+    }
+    let k = 256u32;
+    let fused = |weights, post_norm, norm, epilogue, partials| Kernel::FusedMatMul {
+        k,
+        n: 0,
+        weights,
+        post_norm,
+        norm,
+        epilogue,
+        partials,
+    };
+    let with_n = |kernel: Kernel, rows: u32| match kernel {
+        Kernel::FusedMatMul {
+            k,
+            weights,
+            post_norm,
+            norm,
+            epilogue,
+            partials,
+            ..
+        } => Kernel::FusedMatMul {
+            k,
+            n: rows,
+            weights,
+            post_norm,
+            norm,
+            epilogue,
+            partials,
+        },
+        other => other,
+    };
+    // Three weights of three types, rows not multiples of a workgroup: store, and a GLU whose gate
+    // and up differ in type.
+    for types in [
+        [GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q6_K],
+        [GgmlType::Q4_K, GgmlType::F32, GgmlType::Q4_1],
+    ] {
+        let rows = [70u32, 33, 90];
+        let mut b = Builder::new(21);
+        let x = b.input(k);
+        let mut ins = vec![x];
+        for (ty, r) in types.iter().zip(rows) {
+            ins.push(b.weight(*ty, &[k.into(), r.into()]));
+        }
+        ins.push(b.weight(GgmlType::F32, &[k.into()]));
+        let n = rows.iter().sum();
+        let store = with_n(fused(3, None, Some(1e-5), Epilogue::Store, None), n);
+        let y = b.op(store, ins, n);
+        compare(
+            &format!("stacked store {types:?}"),
+            &b.finish(y, n, no_kv()),
+        );
+
+        let mut b = Builder::new(22);
+        let x = b.input(k);
+        let gate = b.weight(types[0], &[k.into(), 67]);
+        let up = b.weight(types[1], &[k.into(), 67]);
+        let glu = with_n(
+            fused(2, None, None, Epilogue::Glu(UnaryOp::GeluTanh), None),
+            134,
+        );
+        let y = b.op(glu, vec![x, gate, up], 67);
+        compare(&format!("stacked glu {types:?}"), &b.finish(y, 67, no_kv()));
+    }
+    // QKV with V in another type, head norms before RoPE, read back through the attention; heads
+    // of 64 (four to a workgroup) and 256 (one).
+    for (n_head, n_kv_head, head_dim, neox) in [(3u32, 1u32, 64u32, false), (2, 1, 256, true)] {
+        let (q_rows, kv_rows) = (n_head * head_dim, n_kv_head * head_dim);
+        let n = q_rows + 2 * kv_rows;
+        let mut b = Builder::new(23);
+        let x = b.input(k);
+        let qk = b.weight(GgmlType::Q5_0, &[k.into(), (q_rows + kv_rows).into()]);
+        let v = b.weight(GgmlType::Q8_0, &[k.into(), kv_rows.into()]);
+        let norm_w = b.weight(GgmlType::F32, &[k.into()]);
+        let q_norm = b.weight(GgmlType::F32, &[head_dim.into()]);
+        let k_norm = b.weight(GgmlType::F32, &[head_dim.into()]);
+        let epilogue = Epilogue::RopeKv {
+            layer: 0,
+            n_head,
+            n_kv_head,
+            head_dim,
+            n_rot: head_dim,
+            base: 10000.0,
+            neox,
+            bias: false,
+            qk_norm: Some(1e-6),
+        };
+        let qkv = with_n(fused(2, None, Some(1e-6), epilogue, None), n);
+        let q = b.op(qkv, vec![x, qk, v, norm_w, q_norm, k_norm], q_rows);
+        let attention = Kernel::Attention {
+            layer: 0,
+            n_head,
+            n_kv_head,
+            head_dim,
+            scale: 0.125,
+            window: None,
+            append: false,
+        };
+        let y = b.op(attention, vec![q], q_rows);
+        let kv = one_layer_kv(16, n_kv_head, head_dim, KvType::F16);
+        compare(
+            &format!("rope_kv with head norms {n_head}/{n_kv_head}x{head_dim}"),
+            &b.finish(y, q_rows, kv),
+        );
+    }
+    // A post-norm sum of an operand formed and stored by one product, then read by the next as
+    // its residual; and one whose y is the sum of attention parts.
+    let mut b = Builder::new(24);
+    let r = b.input(k);
+    let f = b.input(k);
+    let w = b.weight(GgmlType::Q4_K, &[k.into(), 96]);
+    let post_w = b.weight(GgmlType::F32, &[k.into()]);
+    let norm_w = b.weight(GgmlType::F32, &[k.into()]);
+    let product = with_n(fused(1, Some(1e-6), Some(1e-6), Epilogue::Store, None), 96);
+    let formed = b.alloc(k.into());
+    let h = b.op(product, vec![r, w, f, post_w, norm_w], 96);
+    b.steps.last_mut().unwrap().formed = Some(formed);
+    let w2 = b.weight(GgmlType::Q8_0, &[96, k.into()]);
+    let down = Kernel::FusedMatMul {
+        k: 96,
+        n: k,
+        weights: 1,
+        post_norm: None,
+        norm: None,
+        epilogue: Epilogue::Add,
+        partials: None,
+    };
+    let y = b.op(down, vec![h, w2, formed], k);
+    compare(
+        "post-norm sum stored and read back",
+        &b.finish(y, k, no_kv()),
+    );
+
+    let (n_head, n_kv_head, head_dim) = (2u32, 1u32, 64u32);
+    let n = (n_head + 2 * n_kv_head) * head_dim;
+    let mut b = Builder::new(25);
+    let x = b.input(k);
+    let w = b.weight(GgmlType::Q5_0, &[k.into(), n.into()]);
+    let epilogue = Epilogue::RopeKv {
+        layer: 0,
+        n_head,
+        n_kv_head,
+        head_dim,
+        n_rot: head_dim,
+        base: 10000.0,
+        neox: true,
+        bias: false,
+        qk_norm: None,
+    };
+    let q = b.op(
+        with_n(fused(1, None, None, epilogue, None), n),
+        vec![x, w],
+        n_head * head_dim,
+    );
+    let w_o = b.weight(GgmlType::Q8_0, &[(n_head * head_dim).into(), k.into()]);
+    let project = Kernel::AttentionProject {
+        layer: 0,
+        n_head,
+        n_kv_head,
+        head_dim,
+        scale: 0.125,
+        window: None,
+        n: k,
+    };
+    let parts = b.op(project, vec![q, w_o], n_head * k);
+    let w1 = b.weight(GgmlType::Q6_K, &[k.into(), 80]);
+    let post_w = b.weight(GgmlType::F32, &[k.into()]);
+    let norm_w = b.weight(GgmlType::F32, &[k.into()]);
+    let partials = Some(Partials {
+        into: PartialsInto::Input,
+        count: n_head,
+    });
+    let gate_up = with_n(
+        fused(
+            1,
+            Some(1e-6),
+            Some(1e-6),
+            Epilogue::Glu(UnaryOp::Silu),
+            partials,
+        ),
+        80,
+    );
+    let formed = b.alloc(k.into());
+    let h = b.op(gate_up, vec![x, w1, post_w, norm_w, parts], 40);
+    b.steps.last_mut().unwrap().formed = Some(formed);
+    let w2 = b.weight(GgmlType::F32, &[40, k.into()]);
+    let down = Kernel::FusedMatMul {
+        k: 40,
+        n: k,
+        weights: 1,
+        post_norm: None,
+        norm: None,
+        epilogue: Epilogue::Add,
+        partials: None,
+    };
+    let y = b.op(down, vec![h, w2, formed], k);
+    let kv = one_layer_kv(16, n_kv_head, head_dim, KvType::F16);
+    compare("post-norm sum of attention parts", &b.finish(y, k, kv));
 }

@@ -233,7 +233,7 @@ fn kernel_for(g: &Graph, id: NodeId) -> Result<Kernel, EmitError> {
     let second_is_weight = || operands.get(1).is_some_and(|&o| g.node(o).op.is_weight());
     Ok(match &node.op {
         Op::FormedInput => unreachable!("stored by the product that forms it"),
-        Op::Embed => {
+        Op::Embed { scale } => {
             let Op::Weight { ty: wt, .. } = &g.node(operands[0]).op else {
                 unreachable!("typed as weight")
             };
@@ -242,7 +242,10 @@ fn kernel_for(g: &Graph, id: NodeId) -> Result<Kernel, EmitError> {
                     "embedding table of type {wt} cannot be read"
                 )));
             }
-            Kernel::Embed { n: per_token }
+            Kernel::Embed {
+                n: per_token,
+                scale: *scale,
+            }
         }
         Op::RmsNorm { eps } => {
             let n = fixed(ty.shape.last().expect("has dims"));

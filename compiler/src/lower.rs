@@ -252,7 +252,10 @@ impl<'a> Builder<'a> {
     pub fn embed(&mut self) -> Result<(NodeId, NodeId), LowerError> {
         let ids = self.g.add("token_ids", Op::TokenIds, &[]);
         let table = self.weight("token_embd.weight", &[self.hp.n_embd, self.hp.n_vocab])?;
-        Ok((table, self.g.add("embed", Op::Embed, &[table, ids])))
+        Ok((
+            table,
+            self.g.add("embed", Op::Embed { scale: 1.0 }, &[table, ids]),
+        ))
     }
 
     /// RMSNorm of `x` with weight `{tensor}.weight` of `n` values (over the last dimension).

@@ -65,8 +65,8 @@ enum Command {
         /// bytes_read_per_decode_token, flops_per_decode_token, arena_bytes, kv_bytes, passes).
         #[arg(long = "report-json", value_name = "FILE")]
         report_json: Option<PathBuf>,
-        /// Do not run optimization pass NAME (repeatable): constant_fold, fuse_qkv,
-        /// fuse_gated_ffn, fuse_residual_add, fold_rms_norm, fuse_post_norm or
+        /// Do not run optimization pass NAME (repeatable): constant_fold, fold_embed_scale,
+        /// fuse_qkv, fuse_gated_ffn, fuse_residual_add, fold_rms_norm, fuse_post_norm or
         /// fuse_attention_output. The plan computes the same logits with more steps; for
         /// comparing and debugging the fusions.
         #[arg(long = "disable-pass", value_name = "NAME")]

@@ -1,14 +1,15 @@
 //! The GPU form of a plan: every step specialized into WGSL compute kernels from the sources in
 //! shaders/, with its dimensions baked in as constants, validated with naga, plus the dispatches
-//! and bindings that run them. Weights larger than one storage binding may be are split by rows
-//! across several dispatches.
+//! and bindings that run them. A weight larger than one storage binding may be is bound in parts by
+//! rows: the lookups and fused products read all its parts in one dispatch, a decoder each; an
+//! unfused product runs a dispatch per part.
 
 use std::collections::HashMap;
 use std::fmt::Write;
 
 use llamart::plan::{
     Buf, Epilogue, GpuBinding, GpuDispatch, GpuKernel, GpuRequirements, GpuSection, Kernel, KvType,
-    Partials, PartialsInto, PlanHeader, UnaryOp, MAX_STACKED_WEIGHTS,
+    Partials, PartialsInto, PlanHeader, UnaryOp,
 };
 use llamart::GgmlType;
 use thiserror::Error;
@@ -203,7 +204,17 @@ type WeightPart = (u64, u64, GpuBinding);
 /// A storage binding of a fused kernel: name, whether the kernel only reads it through a
 /// read-only view (weights; arena and cache buffers are bound several times in one dispatch, so
 /// they are always read-write), element type.
-struct Decl(&'static str, bool, &'static str);
+struct Decl(std::borrow::Cow<'static, str>, bool, &'static str);
+
+impl Decl {
+    fn new(
+        name: impl Into<std::borrow::Cow<'static, str>>,
+        read_only: bool,
+        elem: &'static str,
+    ) -> Decl {
+        Decl(name.into(), read_only, elem)
+    }
+}
 
 /// The fused matrix product: prologue, epilogue and bindings chosen by the step, assembled around
 /// shaders/fused/matmul.wgsl. `weights` are the stacked weights' types and first rows.
@@ -223,7 +234,7 @@ fn fused_module(
             i + 1
         );
     }
-    src.push_str(&weight_readers(weights));
+    src.push_str(&weight_readers(weights, true));
     let parts_in_input = step.partials == Some(PartialsInto::Input);
     if let Some(post) = step.post_norm {
         src.push_str(if parts_in_input {
@@ -305,9 +316,24 @@ struct PostNormVariant {
     stores_formed: bool,
 }
 
-/// The bindings and row-length constants of the stacked weights, by position.
-const WEIGHT_BINDINGS: [&str; MAX_STACKED_WEIGHTS] = ["wq_0", "wq_1", "wq_2"];
-const WEIGHT_CONSTS: [&str; MAX_STACKED_WEIGHTS] = ["ROW_BYTES_0", "ROW_BYTES_1", "ROW_BYTES_2"];
+/// The binding of stacked weight `p` of `count`: `wq` alone, else `wq_p`, as [`weight_readers`]
+/// names them.
+fn weight_binding(p: usize, count: usize) -> String {
+    if count == 1 {
+        "wq".into()
+    } else {
+        format!("wq_{p}")
+    }
+}
+
+/// The row-length constant of stacked weight `p` of `count`.
+fn row_bytes_const(p: usize, count: usize) -> String {
+    if count == 1 {
+        "ROW_BYTES".into()
+    } else {
+        format!("ROW_BYTES_{p}")
+    }
+}
 
 /// The index of a weight operand.
 fn weight_index(b: &Buf) -> usize {
@@ -335,24 +361,34 @@ const WEIGHT_NAMES: &[&str] = &[
 /// decoder and `dot_row` with its own suffix (`wq_1`, `ROW_BYTES_1`, ...), and a `dot_row` that
 /// picks the weight a row lies in. A workgroup's rows lie in one weight except at a boundary, so
 /// the branch is almost always uniform.
-fn weight_readers(weights: &[(GgmlType, u64)]) -> String {
+fn weight_readers(weights: &[(GgmlType, u64)], with_dot_row: bool) -> String {
     let reader = |ty: GgmlType| {
         let mut src = include_str!("../../shaders/weights/bytes.wgsl").to_string();
         for part in weight_decoder(ty).expect("checked by the caller") {
             src.push_str(part);
         }
-        src.push_str(include_str!("../../shaders/fused/dot_row.wgsl"));
+        if with_dot_row {
+            src.push_str(include_str!("../../shaders/fused/dot_row.wgsl"));
+        }
         src
     };
     if let [(ty, _)] = weights {
         return reader(*ty);
     }
     let mut src = String::new();
-    let mut dispatch =
-        "fn dot_row(r: u32, t0: u32, tiles: u32) -> array<f32, TILE> {\n".to_string();
+    let (signature, args) = if with_dot_row {
+        (
+            "dot_row(r: u32, t0: u32, tiles: u32) -> array<f32, TILE>",
+            "t0, tiles",
+        )
+    } else {
+        ("weight(r: u32, i: u32) -> f32", "i")
+    };
+    let name = if with_dot_row { "dot_row" } else { "weight" };
+    let mut dispatch = format!("fn {signature} {{\n");
     for (p, &(ty, first)) in weights.iter().enumerate() {
         src.push_str(&with_suffix(&reader(ty), WEIGHT_NAMES, &format!("_{p}")));
-        let call = format!("dot_row_{p}(r - {first}u, t0, tiles)");
+        let call = format!("{name}_{p}(r - {first}u, {args})");
         let _ = match weights.get(p + 1) {
             Some(&(_, next)) => writeln!(
                 dispatch,
@@ -588,23 +624,36 @@ impl Emitter<'_> {
         let logits = computes_only_logits(self.h, i);
         let first_dispatch = self.dispatches.len();
         match step.kernel {
-            Kernel::Embed { n } => {
+            Kernel::Embed { n, scale } => {
+                // One dispatch reads every binding the table needs, a decoder each.
                 let (ty, row_bytes, parts) = self.weight_parts(i, io(0))?;
-                for (row0, rows, binding) in parts {
-                    let consts = [
-                        ("N", Const::U(n.into())),
-                        ("ROW_BYTES", Const::U(row_bytes)),
-                        ("ROW0", Const::U(row0)),
-                        ("ROWS", Const::U(rows)),
-                    ];
-                    let k = self.kernel(
-                        i,
-                        format!("embed_{ty}_n{n}"),
-                        module("embed", Some(ty), &consts),
-                    )?;
-                    let bindings = vec![binding, self.arena(io(1)), self.arena(&step.output)];
-                    self.dispatch(i, k, bindings, groups(n.into()), 1);
+                let count = parts.len();
+                let mut consts = vec![
+                    ("N".to_string(), Const::U(n.into())),
+                    ("SCALE".to_string(), Const::F(scale)),
+                ];
+                let mut src = String::new();
+                for p in 0..count {
+                    consts.push((row_bytes_const(p, count), Const::U(row_bytes)));
+                    let binding = if p == 0 { 1 } else { 3 + p };
+                    let _ = writeln!(
+                        src,
+                        "@group(0) @binding({binding}) var<storage, read> {}: array<u32>;",
+                        weight_binding(p, count)
+                    );
                 }
+                let readers: Vec<(GgmlType, u64)> =
+                    parts.iter().map(|&(row0, _, _)| (ty, row0)).collect();
+                src.push_str(&weight_readers(&readers, false));
+                src.push_str(shader("embed"));
+                let consts: Vec<(&str, Const)> =
+                    consts.iter().map(|(name, c)| (name.as_str(), *c)).collect();
+                let mut wgsl = prelude(None, &consts);
+                wgsl.push_str(&src);
+                let k = self.kernel(i, format!("embed_{ty}_n{n}"), wgsl)?;
+                let mut bindings = vec![parts[0].2, self.arena(io(1)), self.arena(&step.output)];
+                bindings.extend(parts[1..].iter().map(|p| p.2));
+                self.dispatch(i, k, bindings, groups(n.into()), 1);
             }
             Kernel::RmsNorm { n, groups: g, eps } => {
                 let consts = [
@@ -647,76 +696,72 @@ impl Emitter<'_> {
             Kernel::FusedMatMul {
                 k,
                 n,
-                weights,
+                weights: _,
                 post_norm,
                 norm,
                 epilogue,
                 partials,
             } => {
                 let layout = step.kernel.fused_inputs().expect("a fused product");
-                let (ty, row_bytes, parts) = self.weight_parts(i, io(1))?;
-                // Only a product whose rows are independent of each other (Store, Add) over one
-                // weight can be split across bindings, dispatch by dispatch.
-                if parts.len() > 1
-                    && (weights > 1 || !matches!(epilogue, Epilogue::Store | Epilogue::Add))
-                {
-                    return Err(self.too_large_to_fuse(i, io(1)));
+                // Every stacked weight, each in as many bindings as it needs, read by one
+                // dispatch: a decoder per binding, the first row each starts at.
+                let mut stacked = Vec::new();
+                let mut weight_bindings = Vec::new();
+                let mut first_row = 0;
+                for j in layout.weights.clone() {
+                    let (ty, row_bytes, parts) = self.weight_parts(i, io(j))?;
+                    for (row0, _, binding) in parts {
+                        stacked.push((ty, first_row + row0, row_bytes));
+                        weight_bindings.push(binding);
+                    }
+                    first_row += self.h.weights[weight_index(io(j))].dims[1];
                 }
                 let mut decls = vec![
-                    Decl("wq", true, "u32"),
-                    Decl("x", false, "f32"),
-                    Decl("y", false, "f32"),
+                    Decl::new(weight_binding(0, stacked.len()), true, "u32"),
+                    Decl::new("x", false, "f32"),
+                    Decl::new("y", false, "f32"),
                 ];
                 let mut extra = Vec::new();
                 let tile = fused_tile(k, norm.is_some() || post_norm.is_some(), partials);
                 let mut consts = vec![
-                    ("K", Const::U(k.into())),
-                    ("N", Const::U(n.into())),
-                    ("ROW_BYTES", Const::U(row_bytes)),
-                    ("EPS", Const::F(norm.unwrap_or(0.0))),
-                    ("POST_EPS", Const::F(post_norm.unwrap_or(0.0))),
-                    ("TILE", Const::U(tile.into())),
-                    ("STAGED", Const::U(u64::from(tile * k))),
-                    ("PARTS", Const::U(partials.map_or(0, |p| p.count).into())),
+                    ("K".to_string(), Const::U(k.into())),
+                    ("N".to_string(), Const::U(n.into())),
+                    ("EPS".to_string(), Const::F(norm.unwrap_or(0.0))),
+                    ("POST_EPS".to_string(), Const::F(post_norm.unwrap_or(0.0))),
+                    ("TILE".to_string(), Const::U(tile.into())),
+                    ("STAGED".to_string(), Const::U(u64::from(tile * k))),
+                    (
+                        "PARTS".to_string(),
+                        Const::U(partials.map_or(0, |p| p.count).into()),
+                    ),
                 ];
-                // The stacked weights after the first: each in one binding, with its decoder.
-                let mut stacked = vec![(ty, 0u64)];
-                let mut first_row = self.h.weights[weight_index(io(1))].dims[1];
-                for (p, j) in layout.weights.clone().enumerate().skip(1) {
-                    let (ty_p, row_bytes_p, parts_p) = self.weight_parts(i, io(j))?;
-                    let [(_, _, binding)] = parts_p[..] else {
-                        return Err(self.too_large_to_fuse(i, io(j)));
-                    };
-                    stacked.push((ty_p, first_row));
-                    first_row += self.h.weights[weight_index(io(j))].dims[1];
-                    consts.push((WEIGHT_CONSTS[p], Const::U(row_bytes_p)));
-                    decls.push(Decl(WEIGHT_BINDINGS[p], true, "u32"));
-                    extra.push(binding);
+                for (p, &(_, _, row_bytes)) in stacked.iter().enumerate() {
+                    consts.push((row_bytes_const(p, stacked.len()), Const::U(row_bytes)));
                 }
-                if weights > 1 {
-                    decls[0] = Decl(WEIGHT_BINDINGS[0], true, "u32");
-                    consts.push((WEIGHT_CONSTS[0], Const::U(row_bytes)));
+                for (p, binding) in weight_bindings.iter().enumerate().skip(1) {
+                    decls.push(Decl::new(weight_binding(p, stacked.len()), true, "u32"));
+                    extra.push(*binding);
                 }
                 if let Some(j) = layout.post_y {
-                    decls.push(Decl("post_y", false, "f32"));
+                    decls.push(Decl::new("post_y", false, "f32"));
                     extra.push(self.arena(io(j)));
                 }
                 if let Some(j) = layout.post_weight {
-                    decls.push(Decl("post_w", true, "f32"));
+                    decls.push(Decl::new("post_w", true, "f32"));
                     extra.push(self.whole_weight(io(j)));
                 }
                 if let Some(j) = layout.norm_weight {
-                    decls.push(Decl("norm_w", true, "f32"));
+                    decls.push(Decl::new("norm_w", true, "f32"));
                     extra.push(self.whole_weight(io(j)));
                 }
                 if let Some(formed) = &step.formed {
-                    decls.push(Decl("formed", false, "f32"));
+                    decls.push(Decl::new("formed", false, "f32"));
                     extra.push(self.arena(formed));
                 }
                 let label = match epilogue {
                     Epilogue::Store => "store".to_string(),
                     Epilogue::Add => {
-                        decls.push(Decl("residual", false, "f32"));
+                        decls.push(Decl::new("residual", false, "f32"));
                         extra.push(self.arena(io(layout.epilogue.expect("with Add"))));
                         "add".to_string()
                     }
@@ -725,7 +770,7 @@ impl Emitter<'_> {
                             UnaryOp::Silu => 0,
                             UnaryOp::GeluTanh => 1,
                         };
-                        consts.push(("ACT", Const::U(code)));
+                        consts.push(("ACT".to_string(), Const::U(code)));
                         format!("glu{code}")
                     }
                     Epilogue::RopeKv {
@@ -740,7 +785,7 @@ impl Emitter<'_> {
                         qk_norm,
                     } => {
                         if bias {
-                            decls.push(Decl("bias", true, "f32"));
+                            decls.push(Decl::new("bias", true, "f32"));
                             extra.push(self.whole_weight(io(layout.epilogue.expect("bias"))));
                         }
                         let kv_type = self.h.kv.ty;
@@ -771,31 +816,34 @@ impl Emitter<'_> {
                                     ),
                                 });
                             }
-                            decls.push(Decl("q_norm_w", true, "f32"));
-                            decls.push(Decl("k_norm_w", true, "f32"));
+                            decls.push(Decl::new("q_norm_w", true, "f32"));
+                            decls.push(Decl::new("k_norm_w", true, "f32"));
                             extra.push(self.whole_weight(io(j)));
                             extra.push(self.whole_weight(io(j + 1)));
                         }
                         let (kc, vc) = self.kv_bindings(layer);
-                        decls.push(Decl("k_cache", false, kv_element(kv_type)));
-                        decls.push(Decl("v_cache", false, kv_element(kv_type)));
+                        decls.push(Decl::new("k_cache", false, kv_element(kv_type)));
+                        decls.push(Decl::new("v_cache", false, kv_element(kv_type)));
                         extra.extend([kc, vc]);
-                        consts.extend([
-                            ("N_HEAD", Const::U(n_head.into())),
-                            ("N_KV_HEAD", Const::U(n_kv_head.into())),
-                            ("HEAD_DIM", Const::U(head_dim.into())),
-                            ("N_ROT", Const::U(n_rot.into())),
-                            ("BASE", Const::F(base)),
-                            ("NEOX", Const::B(neox)),
-                            ("KV_CTX", Const::U(self.h.limits.ctx.into())),
-                            ("QK_EPS", Const::F(qk_norm.unwrap_or(0.0))),
-                        ]);
+                        consts.extend(
+                            [
+                                ("N_HEAD", Const::U(n_head.into())),
+                                ("N_KV_HEAD", Const::U(n_kv_head.into())),
+                                ("HEAD_DIM", Const::U(head_dim.into())),
+                                ("N_ROT", Const::U(n_rot.into())),
+                                ("BASE", Const::F(base)),
+                                ("NEOX", Const::B(neox)),
+                                ("KV_CTX", Const::U(self.h.limits.ctx.into())),
+                                ("QK_EPS", Const::F(qk_norm.unwrap_or(0.0))),
+                            ]
+                            .map(|(name, c)| (name.to_string(), c)),
+                        );
                         let normed = if qk_norm.is_some() { "_normed" } else { "" };
                         format!("rope_kv{normed}_{n_head}x{head_dim}_{kv_type}")
                     }
                 };
                 if let Some(j) = layout.parts {
-                    decls.push(Decl("parts", false, "f32"));
+                    decls.push(Decl::new("parts", false, "f32"));
                     extra.push(self.arena(io(j)));
                 }
                 let prologue_label = match (partials.map(|p| p.into), post_norm, norm) {
@@ -819,7 +867,12 @@ impl Emitter<'_> {
                     Some(PartialsInto::Residual) => format!("{label}_parts"),
                     _ => label,
                 };
-                let types: Vec<String> = stacked.iter().map(|(t, _)| t.to_string()).collect();
+                let mut types: Vec<String> = Vec::new();
+                for (ty, _, _) in &stacked {
+                    if types.last() != Some(&ty.to_string()) {
+                        types.push(ty.to_string());
+                    }
+                }
                 let variant = FusedVariant {
                     post_norm: post_norm.map(|_| PostNormVariant {
                         stores_formed: step.formed.is_some(),
@@ -828,31 +881,35 @@ impl Emitter<'_> {
                     epilogue,
                     partials: partials.map(|p| p.into),
                 };
-                for (n0, np, binding) in parts {
-                    let items = match epilogue {
-                        Epilogue::Store | Epilogue::Add => np,
-                        Epilogue::Glu(_) => u64::from(n / 2),
-                        Epilogue::RopeKv { .. } => u64::from(n / 4),
-                    };
-                    let mut consts = consts.clone();
-                    consts.extend([
-                        ("N0", Const::U(n0)),
-                        ("NP", Const::U(np)),
-                        ("ITEMS", Const::U(items)),
-                        ("FROM_FIRST_ROW", Const::B(logits)),
-                    ]);
-                    let kern = self.kernel(
-                        i,
-                        format!(
-                            "{prologue_label}matmul_{label}_{}_k{k}_n{n}",
-                            types.join("+")
-                        ),
-                        fused_module(&stacked, &consts, &decls, &variant, self.h.kv.ty),
-                    )?;
-                    let mut bindings = vec![binding, self.arena(io(0)), self.arena(&step.output)];
-                    bindings.extend(extra.iter().copied());
-                    self.dispatch(i, kern, bindings, groups(items), tile);
-                }
+                let items = match epilogue {
+                    Epilogue::Store | Epilogue::Add => u64::from(n),
+                    Epilogue::Glu(_) => u64::from(n / 2),
+                    Epilogue::RopeKv { .. } => u64::from(n / 4),
+                };
+                consts.extend([
+                    ("N0".to_string(), Const::U(0)),
+                    ("ITEMS".to_string(), Const::U(items)),
+                    ("FROM_FIRST_ROW".to_string(), Const::B(logits)),
+                ]);
+                let consts: Vec<(&str, Const)> =
+                    consts.iter().map(|(name, c)| (name.as_str(), *c)).collect();
+                let readers: Vec<(GgmlType, u64)> =
+                    stacked.iter().map(|&(ty, first, _)| (ty, first)).collect();
+                let kern = self.kernel(
+                    i,
+                    format!(
+                        "{prologue_label}matmul_{label}_{}_k{k}_n{n}",
+                        types.join("+")
+                    ),
+                    fused_module(&readers, &consts, &decls, &variant, self.h.kv.ty),
+                )?;
+                let mut bindings = vec![
+                    weight_bindings[0],
+                    self.arena(io(0)),
+                    self.arena(&step.output),
+                ];
+                bindings.extend(extra.iter().copied());
+                self.dispatch(i, kern, bindings, groups(items), tile);
             }
             Kernel::AttentionProject {
                 layer,

@@ -15,8 +15,11 @@ pub enum Op {
         ty: GgmlType,
         dims: Vec<u64>,
     },
-    /// Rows of a table `[n, vocab]` picked by token ids. Operands: table, ids.
-    Embed,
+    /// Rows of a table `[n, vocab]` picked by token ids, times `scale` (1 unless a pass folded
+    /// a scale in). Operands: table, ids.
+    Embed {
+        scale: f32,
+    },
     /// `x / sqrt(mean(x^2) + eps) * w` over the last dimension. Operands: x, w.
     RmsNorm {
         eps: f32,
@@ -78,7 +81,7 @@ impl Op {
         match self {
             Op::TokenIds => "token_ids",
             Op::Weight { .. } => "weight",
-            Op::Embed => "embed",
+            Op::Embed { .. } => "embed",
             Op::RmsNorm { .. } => "rms_norm",
             Op::MatMul => "matmul",
             Op::Add => "add",
@@ -115,6 +118,7 @@ impl Op {
                 }
             },
             Op::RmsNorm { eps } => format!("eps={eps:e}"),
+            Op::Embed { scale } if *scale != 1.0 => format!("scale={scale}"),
             Op::AddScalar(c) | Op::Scale(c) => format!("{c}"),
             Op::Reshape(dims) => format!("{dims:?}"),
             Op::Rope { n_rot, base, neox } => format!(

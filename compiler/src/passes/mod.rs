@@ -2,6 +2,7 @@
 
 pub mod constant_fold;
 pub mod dce;
+pub mod fold_embed_scale;
 pub mod fold_rms_norm;
 pub mod fuse_attention_output;
 pub mod fuse_gated_ffn;
@@ -101,6 +102,7 @@ type Rewrite = fn(&mut Graph, &GgufFile) -> Result<usize, PassError>;
 /// fused last, into the products the others made.
 pub const REWRITES: &[(&str, Rewrite)] = &[
     ("constant_fold", constant_fold::run),
+    ("fold_embed_scale", |g, _| Ok(fold_embed_scale::run(g))),
     ("fuse_qkv", |g, _| Ok(fuse_qkv::run(g))),
     ("fuse_gated_ffn", |g, _| Ok(fuse_gated_ffn::run(g))),
     ("fuse_residual_add", |g, _| Ok(fuse_residual_add::run(g))),
@@ -116,6 +118,7 @@ pub const REWRITES: &[(&str, Rewrite)] = &[
 pub const PASSES: &[&str] = &[
     "shape_inference",
     "constant_fold",
+    "fold_embed_scale",
     "fuse_qkv",
     "fuse_gated_ffn",
     "fuse_residual_add",

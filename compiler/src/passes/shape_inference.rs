@@ -49,7 +49,7 @@ fn infer(g: &Graph, id: NodeId) -> Result<TensorType, String> {
             let shape = fixed(&dims.iter().rev().copied().collect::<Vec<_>>());
             TensorType::new(shape, DType::Ggml(*ty))
         }
-        Op::Embed => {
+        Op::Embed { .. } => {
             arity(2)?;
             let (table, ids) = (operands[0], operands[1]);
             let n = match (table.dtype, table.shape.as_slice()) {
@@ -353,7 +353,7 @@ mod tests {
         let mut g = Graph::new();
         let ids = g.add("ids", Op::TokenIds, &[]);
         let table = w(&mut g, &[8, 100]);
-        let x = g.add("x", Op::Embed, &[table, ids]);
+        let x = g.add("x", Op::Embed { scale: 1.0 }, &[table, ids]);
         let wq = w(&mut g, &[8, 12]);
         let q = g.add("q", Op::MatMul, &[x, wq]);
         let q = g.add("qh", Op::Reshape(vec![3, 4]), &[q]);
@@ -367,7 +367,7 @@ mod tests {
         let mut g = Graph::new();
         let ids = g.add("ids", Op::TokenIds, &[]);
         let table = w(&mut g, &[8, 100]);
-        let x = g.add("x", Op::Embed, &[table, ids]);
+        let x = g.add("x", Op::Embed { scale: 1.0 }, &[table, ids]);
         let wq = w(&mut g, &[9, 12]);
         g.add("blk.0.attn_q", Op::MatMul, &[x, wq]);
         let err = run(&mut g).unwrap_err().to_string();
@@ -382,7 +382,7 @@ mod tests {
         let mut g = Graph::new();
         let ids = g.add("ids", Op::TokenIds, &[]);
         let table = w(&mut g, &[12, 100]);
-        let x = g.add("x", Op::Embed, &[table, ids]);
+        let x = g.add("x", Op::Embed { scale: 1.0 }, &[table, ids]);
         let q = g.add("q", Op::Reshape(vec![3, 4]), &[x]);
         let k = g.add("k", Op::Reshape(vec![2, 6]), &[x]);
         g.add(

@@ -387,7 +387,9 @@ impl<'p> Session<'p> {
             .steps
             .iter()
             .filter_map(|step| match (&step.kernel, step.inputs.first()) {
-                (&Kernel::Embed { n }, Some(&Buf::Weight(w))) if h.weights[w as usize].packed => {
+                (&Kernel::Embed { n, .. }, Some(&Buf::Weight(w)))
+                    if h.weights[w as usize].packed =>
+                {
                     h.weights[w as usize].ty.bytes_for(u64::from(n))
                 }
                 _ => None,
@@ -396,8 +398,11 @@ impl<'p> Session<'p> {
             .unwrap_or(0) as usize;
         let head_inputs_from_body = (head_from..h.steps.len())
             .map(|i| {
-                let written_in_head =
-                    |b: &Buf| h.steps[head_from..i].iter().any(|s| s.output == *b);
+                let written_in_head = |b: &Buf| {
+                    h.steps[head_from..i]
+                        .iter()
+                        .any(|s| s.output == *b || s.formed == Some(*b))
+                };
                 h.steps[i]
                     .inputs
                     .iter()
@@ -570,7 +575,7 @@ impl<'p> Session<'p> {
             }
         };
         match step.kernel {
-            Kernel::Embed { n } => {
+            Kernel::Embed { n, scale } => {
                 let Buf::Weight(table) = step.inputs[0] else {
                     unreachable!("validated")
                 };
@@ -595,6 +600,10 @@ impl<'p> Session<'p> {
                         None => &bytes[id * row_bytes..][..row_bytes],
                     };
                     crate::quant::dequantize(info.ty, stored, row).expect("validated");
+                    if scale != 1.0 {
+                        // As the unfused scale step multiplied them.
+                        row.iter_mut().for_each(|v| *v *= scale);
+                    }
                 }
             }
             Kernel::RmsNorm { n, groups, eps } => {
@@ -1137,7 +1146,7 @@ fn validate(plan: &LoadedPlan) -> Result<(), LoadError> {
                 return Err("only a fused product stores its formed input".into());
             }
             let out = match step.kernel {
-                Kernel::Embed { n } => {
+                Kernel::Embed { n, .. } => {
                     arity(2)?;
                     let w = weight(&step.inputs[0])?;
                     // Rows beyond the vocabulary are never read: ids are checked against it.

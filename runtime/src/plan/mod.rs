@@ -44,7 +44,7 @@ impl PlanHeader {
                 match *input {
                     Buf::Weight(w) => {
                         let info = &self.weights[w as usize];
-                        if let Kernel::Embed { n } = step.kernel {
+                        if let Kernel::Embed { n, .. } = step.kernel {
                             bytes += info.ty.bytes_for(u64::from(n)).unwrap_or(0);
                         } else if !std::mem::replace(&mut read[w as usize], true) {
                             bytes += info.bytes;
@@ -400,10 +400,12 @@ pub enum UnaryOp {
 /// per new token: a kernel runs on `n_tokens` rows of its operands.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Kernel {
-    /// Row `ids[t]` of the table weight (`[n, n_vocab]`, any dequantizable type) into row t.
+    /// Row `ids[t]` of the table weight (`[n, n_vocab]`, any dequantizable type) times `scale`
+    /// into row t (Gemma scales its embeddings by sqrt(n); 1 elsewhere, which changes no bit).
     /// Inputs: table, token ids (i32 rows).
     Embed {
         n: u32,
+        scale: f32,
     },
     /// `x / sqrt(mean(x^2) + eps) * weight` over groups of `n` values. Inputs: x, weight [n].
     RmsNorm {
