@@ -4,8 +4,6 @@
 @group(0) @binding(2) var<storage, read_write> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
-var<workgroup> partial: array<f32, 64>;
-
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let t = wid.y;
@@ -17,15 +15,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var i = lid; i < N; i += 64u) {
         sum += x[base + i] * x[base + i];
     }
-    partial[lid] = sum;
-    workgroupBarrier();
-    for (var stride = 32u; stride > 0u; stride >>= 1u) {
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    let scale = inverseSqrt(partial[0] / f32(N) + EPS);
+    let scale = inverseSqrt(workgroup_sum(lid, sum) / f32(N) + EPS);
     for (var i = lid; i < N; i += 64u) {
         y[base + i] = x[base + i] * scale * w[i];
     }

@@ -1124,17 +1124,7 @@ fn fused_products_of_mixed_types_head_norms_and_post_norms() {
     let formed = b.alloc(k.into());
     let h = b.op(product, vec![r, w, f, post_w, norm_w], 96);
     b.steps.last_mut().unwrap().formed = Some(formed);
-    let w2 = b.weight(GgmlType::Q8_0, &[96, k.into()]);
-    let down = Kernel::FusedMatMul {
-        k: 96,
-        n: k,
-        weights: 1,
-        post_norm: None,
-        norm: None,
-        epilogue: Epilogue::Add,
-        partials: None,
-    };
-    let y = b.op(down, vec![h, w2, formed], k);
+    let y = read_formed_back(&mut b, (h, 96), GgmlType::Q8_0, formed, k);
     compare(
         "post-norm sum stored and read back",
         &b.finish(y, k, no_kv()),
@@ -1192,9 +1182,17 @@ fn fused_products_of_mixed_types_head_norms_and_post_norms() {
     let formed = b.alloc(k.into());
     let h = b.op(gate_up, vec![x, w1, post_w, norm_w, parts], 40);
     b.steps.last_mut().unwrap().formed = Some(formed);
-    let w2 = b.weight(GgmlType::F32, &[40, k.into()]);
+    let y = read_formed_back(&mut b, (h, 40), GgmlType::F32, formed, k);
+    let kv = one_layer_kv(16, n_kv_head, head_dim, KvType::F16);
+    compare("post-norm sum of attention parts", &b.finish(y, k, kv));
+}
+
+/// A product of `h` (`m` values a token) whose epilogue adds `formed` (`k` values), so the output
+/// checks what an earlier step stored as its formed input as well as `h`.
+fn read_formed_back(b: &mut Builder, (h, m): (Buf, u32), ty: GgmlType, formed: Buf, k: u32) -> Buf {
+    let w = b.weight(ty, &[m.into(), k.into()]);
     let down = Kernel::FusedMatMul {
-        k: 40,
+        k: m,
         n: k,
         weights: 1,
         post_norm: None,
@@ -1202,7 +1200,5 @@ fn fused_products_of_mixed_types_head_norms_and_post_norms() {
         epilogue: Epilogue::Add,
         partials: None,
     };
-    let y = b.op(down, vec![h, w2, formed], k);
-    let kv = one_layer_kv(16, n_kv_head, head_dim, KvType::F16);
-    compare("post-norm sum of attention parts", &b.finish(y, k, kv));
+    b.op(down, vec![h, w, formed], k)
 }

@@ -59,7 +59,10 @@ fn shader(name: &str) -> &'static str {
     match name {
         "common" => include_str!("../../shaders/common.wgsl"),
         "embed" => include_str!("../../shaders/embed.wgsl"),
-        "rms_norm" => include_str!("../../shaders/rms_norm.wgsl"),
+        "rms_norm" => concat!(
+            include_str!("../../shaders/reduce.wgsl"),
+            include_str!("../../shaders/rms_norm.wgsl")
+        ),
         "matmul" => include_str!("../../shaders/matmul.wgsl"),
         "binary_rows" => include_str!("../../shaders/binary_rows.wgsl"),
         "binary_broadcast" => include_str!("../../shaders/binary_broadcast.wgsl"),
@@ -259,6 +262,7 @@ fn fused_module(
         src.push_str(include_str!("../../shaders/fused/input_direct.wgsl"));
     }
     if step.norm || step.post_norm.is_some() {
+        src.push_str(include_str!("../../shaders/reduce.wgsl"));
         src.push_str(include_str!("../../shaders/fused/row_rms.wgsl"));
     }
     if step.epilogue == Epilogue::Add {
