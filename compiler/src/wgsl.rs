@@ -1,6 +1,6 @@
 //! The GPU form of a plan: every step specialized into WGSL compute kernels from the sources in
 //! shaders/, with its dimensions baked in as constants, validated with naga, plus the dispatches
-//! and bindings that run them. A weight larger than one storage binding may be is bound in parts by
+//! and bindings that run them. A weight larger than a storage binding may hold is bound in parts by
 //! rows: the lookups and fused products read all its parts in one dispatch, a decoder each; an
 //! unfused product runs a dispatch per part.
 

@@ -274,10 +274,9 @@ impl MatMul {
         self.product(Part { id, ty, w, n }, x, y, k, n, true);
     }
 
-    /// [`MatMul::run`] over weights stacked by rows: part p's outputs are columns
-    /// `n_0 + ... + n_(p-1)` on of `y`, whose rows are `n_0 + ... ` values. Each part is
-    /// multiplied by its own type's kernel; parts whose types take the same activation format
-    /// share one quantization of `x`.
+    /// [`MatMul::run`] over weights stacked by rows: `y`'s rows hold every part's outputs, part
+    /// p's from column `n_0 + ... + n_(p-1)` on. Each part is multiplied by its own type's kernel;
+    /// parts whose types take the same activation format share one quantization of `x`.
     pub fn run_stacked(&mut self, parts: &[Part<'_>], x: &[f32], y: &mut [f32], k: usize) {
         let ldy: usize = parts.iter().map(|p| p.n).sum();
         let mut quantized_as: Vec<Option<(ActFormat, u8)>> = Vec::new();
