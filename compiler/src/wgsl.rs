@@ -251,12 +251,14 @@ fn fused_module(
             "fn store_formed(at: u32, v: f32) {}\n"
         });
         src.push_str(include_str!("../../shaders/fused/input_post_norm.wgsl"));
+        src.push_str(include_str!("../../shaders/fused/input_staged.wgsl"));
     } else if step.norm || parts_in_input {
         src.push_str(if parts_in_input {
             include_str!("../../shaders/fused/input_at_x_parts.wgsl")
         } else {
             include_str!("../../shaders/fused/input_at_x.wgsl")
         });
+        src.push_str("fn form_input(lid: u32, t0: u32) {}\n");
         src.push_str(include_str!("../../shaders/fused/input_staged.wgsl"));
     } else {
         src.push_str(include_str!("../../shaders/fused/input_direct.wgsl"));

@@ -1,20 +1,10 @@
-// The product's input formed in workgroup memory from a post-norm residual sum:
-// x + rmsnorm(y) * post_w (POST_EPS), y through `y_at` (an operand, or the sum of the parts), as
-// the unfused norm and add would have stored it. The first workgroup also stores the formed rows
+// The product's input formed in place from a post-norm residual sum: the staged rows hold y (an
+// operand, or the sum of the parts), and become x + rmsnorm(y) * post_w (POST_EPS), as the
+// unfused norm and add would have stored them. The first workgroup also stores the formed rows
 // (`store_formed`) when later steps read them.
-var<workgroup> staged: array<f32, STAGED>;
 var<workgroup> post_inv: array<f32, TILE>;
 
-fn stage(lid: u32, t0: u32) {
-    for (var e = lid; e < TILE * K; e += 64u) {
-        let t = t0 + e / K;
-        var v = 0.0;
-        if (t < params.n_tokens) {
-            v = y_at(t, e % K);
-        }
-        staged[e] = v;
-    }
-    workgroupBarrier();
+fn form_input(lid: u32, t0: u32) {
     for (var tt = 0u; tt < TILE; tt++) {
         let inv = staged_inv_rms(lid, tt, POST_EPS);
         if (lid == 0u) {
@@ -32,8 +22,4 @@ fn stage(lid: u32, t0: u32) {
         }
     }
     workgroupBarrier();
-}
-
-fn x_raw(t0: u32, tt: u32, i: u32) -> f32 {
-    return staged[tt * K + i];
 }

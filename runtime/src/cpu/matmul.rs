@@ -279,13 +279,14 @@ impl MatMul {
     /// parts whose types take the same activation format share one quantization of `x`.
     pub fn run_stacked(&mut self, parts: &[Part<'_>], x: &[f32], y: &mut [f32], k: usize) {
         let ldy: usize = parts.iter().map(|p| p.n).sum();
-        let mut quantized_as: Vec<Option<(ActFormat, u8)>> = Vec::new();
+        let (kernels, activations) = (self.kernels, self.activations);
+        let format = move |ty| {
+            quantized(&kernels, activations, ty).map(|(_, format, terms)| (format, terms))
+        };
         let mut first = 0;
-        for &part in parts {
-            let format = quantized(&self.kernels, self.activations, part.ty)
-                .map(|(_, format, terms)| (format, terms));
-            let quantize = format.is_none() || !quantized_as.contains(&format);
-            quantized_as.push(format);
+        for (p, &part) in parts.iter().enumerate() {
+            let this = format(part.ty);
+            let quantize = this.is_none() || !parts[..p].iter().any(|e| format(e.ty) == this);
             self.product(part, x, &mut y[first..], k, ldy, quantize);
             first += part.n;
         }

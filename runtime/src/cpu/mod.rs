@@ -289,7 +289,7 @@ impl<'p> Session<'p> {
                         let w = weight_at(i);
                         products.push((w, k, h.weights[w as usize].dims[1] as u32));
                     }
-                    if norm.is_some() || post_norm.is_some() {
+                    if norm.is_some() {
                         normed_len = normed_len.max(k as usize);
                     }
                     if post_norm.is_some() && step.formed.is_none() {
