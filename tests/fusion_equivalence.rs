@@ -125,6 +125,8 @@ fn tiny_model_logits_do_not_depend_on_any_pass() {
         let options = llamac::compile::CompileOptions {
             ctx: Some(32),
             max_batch: 8,
+            kv_tokens: None,
+            max_seqs: llamart::plan::DEFAULT_MAX_SEQS,
             activations: llamart::plan::Activations::Q8,
             kv_type: llamart::plan::KvType::F32,
             bandwidth_gbps: None,

@@ -221,9 +221,13 @@ impl Builder {
                 n_ctx_train: ctx,
                 chat_template: None,
             },
+            // One page holding the whole context: the single-sequence layout.
             limits: Limits {
                 ctx,
                 max_batch: self.max_batch,
+                kv_tokens: ctx,
+                page_tokens: ctx,
+                max_seqs: 1,
             },
             activations: Activations::F32,
             arena: ArenaLayout { bytes: self.arena },

@@ -145,6 +145,8 @@ fn check(model: TinyLlama, batch: u32) {
     let options = llamac::compile::CompileOptions {
         ctx: Some(32),
         max_batch: batch,
+        kv_tokens: None,
+        max_seqs: llamart::plan::DEFAULT_MAX_SEQS,
         activations: llamart::plan::Activations::Q8,
         // The reference keeps keys and values in f64: an f16 cache would be its rounding, not
         // the interpreter, that the 1e-4 bound measures.

@@ -14,6 +14,11 @@ pub struct CompileOptions {
     /// KV cache length; defaults to the model's training context, capped at `DEFAULT_MAX_CTX`.
     pub ctx: Option<u32>,
     pub max_batch: u32,
+    /// Tokens the KV cache's page pool holds over all sequences (default: `ctx`); rounded up to
+    /// whole pages.
+    pub kv_tokens: Option<u32>,
+    /// Most sequences one step carries.
+    pub max_seqs: u32,
     /// How the plan's matrix products take their activations.
     pub activations: Activations,
     /// How the KV cache stores its values.
@@ -42,6 +47,8 @@ pub struct CompileSummary {
     pub plan_bytes: u64,
     pub ctx: u32,
     pub max_batch: u32,
+    pub kv_tokens: u32,
+    pub max_seqs: u32,
     pub seconds: f64,
     pub report: crate::report::Report,
 }
@@ -69,9 +76,23 @@ pub fn compile(
     if options.max_batch == 0 {
         anyhow::bail!("--batch must be at least 1");
     }
+    if options.max_seqs == 0 {
+        anyhow::bail!("--max-seqs must be at least 1");
+    }
+    let page = llamart::plan::KV_PAGE_TOKENS;
+    let kv_tokens = match options.kv_tokens {
+        Some(0) => anyhow::bail!("--kv-tokens must be at least 1"),
+        Some(n) => n,
+        None => ctx,
+    }
+    .checked_next_multiple_of(page)
+    .context("--kv-tokens is too large")?;
+    let max_batch = options.max_batch.min(ctx.max(options.max_seqs));
     let pipeline = PipelineOptions {
         ctx,
-        max_batch: options.max_batch.min(ctx),
+        max_batch,
+        kv_tokens,
+        max_seqs: options.max_seqs.min(max_batch),
         disabled: options.disabled,
         kv_type: options.kv_type,
     };
@@ -104,6 +125,8 @@ pub fn compile(
         plan_bytes,
         ctx,
         max_batch: pipeline.max_batch,
+        kv_tokens,
+        max_seqs: pipeline.max_seqs,
         seconds: start.elapsed().as_secs_f64(),
         report,
     })

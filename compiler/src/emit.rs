@@ -129,6 +129,9 @@ pub fn emit<'a>(
         limits: Limits {
             ctx: options.ctx,
             max_batch: options.max_batch,
+            kv_tokens: options.kv_tokens,
+            page_tokens: llamart::plan::KV_PAGE_TOKENS,
+            max_seqs: options.max_seqs,
         },
         activations,
         arena: ArenaLayout {

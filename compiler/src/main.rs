@@ -31,12 +31,20 @@ enum Command {
         /// Where to write the plan.
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
-        /// Tokens the KV cache holds (default: the model's training context, at most 4096).
+        /// Most tokens one sequence holds (default: the model's training context, at most 4096).
         #[arg(long)]
         ctx: Option<u32>,
-        /// Most tokens evaluated in one step; longer prompts run in chunks of this size.
+        /// Most tokens evaluated in one step, over all its sequences; longer prompts run in
+        /// chunks.
         #[arg(long = "batch", default_value_t = llamac::compile::DEFAULT_MAX_BATCH)]
         batch: u32,
+        /// Tokens the KV cache holds over all sequences, as a pool of 32-token pages that the
+        /// sequences share (default: --ctx). Its bytes are allocated at load.
+        #[arg(long = "kv-tokens")]
+        kv_tokens: Option<u32>,
+        /// Most sequences evaluated together in one step (`llamart bench --parallel`, the server).
+        #[arg(long = "max-seqs", default_value_t = llamart::plan::DEFAULT_MAX_SEQS)]
+        max_seqs: u32,
         /// Also emit an intermediate form: `graph` prints the compiled op graph to stdout (one line
         /// per op, in schedule order), `dot` the same graph in Graphviz DOT, `plan` the plan's
         /// readable header (RON); `wgsl DIR` and `msl DIR` write every GPU kernel (Metal Shading
@@ -102,6 +110,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output,
             ctx,
             batch,
+            kv_tokens,
+            max_seqs,
             emit,
             activations,
             kv_type,
@@ -131,6 +141,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let options = llamac::compile::CompileOptions {
                 ctx,
                 max_batch: batch,
+                kv_tokens,
+                max_seqs,
                 activations: activations.parse().map_err(anyhow::Error::msg)?,
                 kv_type: kv_type.parse().map_err(anyhow::Error::msg)?,
                 bandwidth_gbps: bandwidth,
@@ -143,6 +155,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     let pipeline = llamac::passes::PipelineOptions {
                         ctx: summary.ctx,
                         max_batch: summary.max_batch,
+                        kv_tokens: summary.kv_tokens,
+                        max_seqs: summary.max_seqs,
                         disabled,
                         kv_type: summary.kv_type,
                     };
@@ -182,7 +196,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mib = |b: u64| b as f64 / (1 << 20) as f64;
             eprintln!(
                 "llamac: wrote {} ({:.1} MiB) in {:.2} s: {} steps, {} weights ({:.1} MiB), arena {:.1} MiB \
-                 (unshared {:.1} MiB), KV cache {:.1} MiB ({}) for {} tokens, batch {}",
+                 (unshared {:.1} MiB), KV cache {:.1} MiB ({}) for {} tokens in pages of {} (context {} a sequence), \
+                 batch {} tokens of at most {} sequences",
                 output.display(),
                 mib(summary.plan_bytes),
                 summary.seconds,
@@ -193,8 +208,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 mib(summary.arena_unshared_bytes),
                 mib(summary.kv_bytes),
                 summary.kv_type,
+                summary.kv_tokens,
+                llamart::plan::KV_PAGE_TOKENS,
                 summary.ctx,
-                summary.max_batch
+                summary.max_batch,
+                summary.max_seqs
             );
             eprint!("{}", summary.report.render());
             if let Some(path) = report_json {

@@ -41,9 +41,14 @@ pub struct Report {
     pub kv_type: String,
     pub ctx: u32,
     pub max_batch: u32,
-    /// Memory a session holds when it decodes with the cache full (`ctx` tokens): the weights
-    /// (mapped, every page read per token), the arena (whole after any prefill chunk) and the KV
-    /// cache rows of `ctx` tokens. The KV cache and the arena are allocated zeroed and become
+    /// The KV cache's page pool: tokens over all sequences, pages, and the most sequences a step
+    /// carries.
+    pub kv_tokens: u32,
+    pub kv_pages: u32,
+    pub max_seqs: u32,
+    /// Memory a session holds when it decodes with the cache's pool full (`kv_tokens` tokens):
+    /// the weights (mapped, every page read per token), the arena (whole after any prefill chunk)
+    /// and the KV cache rows of `kv_tokens` tokens. The KV cache and the arena are allocated zeroed and become
     /// resident as they are written, so a shorter context holds `kv_bytes_per_token` less per
     /// token. The runtime's own scratch (quantized activations, per-thread rows) comes on top.
     pub resident_bytes_at_ctx: u64,
@@ -100,11 +105,14 @@ pub fn report(
         attention_flops_per_cached_token,
         arena_bytes: header.arena.bytes,
         kv_bytes: header.kv.bytes,
-        kv_bytes_per_token: header.kv.bytes / u64::from(ctx.max(1)),
+        kv_bytes_per_token: header.kv.bytes / u64::from(header.limits.kv_tokens.max(1)),
         kv_type: header.kv.ty.to_string(),
         resident_bytes_at_ctx: weight_bytes + header.arena.bytes + header.kv.bytes,
         ctx,
         max_batch: header.limits.max_batch,
+        kv_tokens: header.limits.kv_tokens,
+        kv_pages: header.limits.kv_pages(),
+        max_seqs: header.limits.max_seqs,
         bandwidth_gbps,
         roofline_tokens_per_second: bandwidth_gbps
             .map(|gbps| gbps * 1e9 / bytes_read.max(1) as f64),
@@ -220,8 +228,8 @@ impl Report {
              ops: {} steps ({ops}); {} GPU kernels\n\
              dispatches: {} per decode token, {} per prefill chunk, {} per layer (most), {} outside the layers\n\
              weights: {:.1} MiB; read per decode token: {:.1} MiB ({:.3}x the weights); {:.1} MFLOP per decode token (+{} FLOP per cached token)\n\
-             arena: {:.1} MiB; KV cache: {:.1} MiB ({}) for {} tokens ({} bytes per token); batch {}\n\
-             resident when decoding with the cache full: {:.1} MiB (weights, arena, KV cache; {} bytes less per token short of {})\n",
+             arena: {:.1} MiB; KV cache: {:.1} MiB ({}), a pool of {} tokens in {} pages ({} bytes per token); context {} tokens a sequence; batch {} tokens of at most {} sequences\n\
+             resident when decoding with the pool full: {:.1} MiB (weights, arena, KV cache; {} bytes less per token short of {})\n",
             self.passes.join(", "),
             self.steps,
             self.gpu_kernels,
@@ -237,12 +245,15 @@ impl Report {
             mib(self.arena_bytes),
             mib(self.kv_bytes),
             self.kv_type,
-            self.ctx,
+            self.kv_tokens,
+            self.kv_pages,
             self.kv_bytes_per_token,
+            self.ctx,
             self.max_batch,
+            self.max_seqs,
             mib(self.resident_bytes_at_ctx),
             self.kv_bytes_per_token,
-            self.ctx,
+            self.kv_tokens,
         );
         if let (Some(gbps), Some(tps)) = (self.bandwidth_gbps, self.roofline_tokens_per_second) {
             out += &format!(

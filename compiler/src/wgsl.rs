@@ -550,7 +550,7 @@ impl Emitter<'_> {
     /// The K and V regions of layer `layer`'s cache.
     fn kv_bindings(&self, layer: u32) -> (GpuBinding, GpuBinding) {
         let lay = self.h.kv.layers[layer as usize];
-        let size = u64::from(self.h.limits.ctx * lay.n_kv_head)
+        let size = u64::from(self.h.limits.kv_tokens * lay.n_kv_head)
             * self.h.kv.ty.row_bytes(lay.head_dim as usize) as u64;
         (
             GpuBinding::Kv {
@@ -839,7 +839,7 @@ impl Emitter<'_> {
                                 ("N_ROT", Const::U(n_rot.into())),
                                 ("BASE", Const::F(base)),
                                 ("NEOX", Const::B(neox)),
-                                ("KV_CTX", Const::U(self.h.limits.ctx.into())),
+                                ("KV_CTX", Const::U(self.h.limits.kv_tokens.into())),
                                 ("QK_EPS", Const::F(qk_norm.unwrap_or(0.0))),
                             ]
                             .map(|(name, c)| (name.to_string(), c)),
@@ -941,7 +941,7 @@ impl Emitter<'_> {
                     ("TILE", Const::U(ATTENTION_TILE.into())),
                     ("N", Const::U(n.into())),
                     ("ROW_BYTES", Const::U(row_bytes)),
-                    ("KV_CTX", Const::U(self.h.limits.ctx.into())),
+                    ("KV_CTX", Const::U(self.h.limits.kv_tokens.into())),
                 ];
                 let kv_type = self.h.kv.ty;
                 let k = self.kernel(
@@ -1055,7 +1055,7 @@ impl Emitter<'_> {
                     let consts = [
                         ("KV_ROW", Const::U(row)),
                         ("HEAD_DIM", Const::U(head_dim.into())),
-                        ("KV_CTX", Const::U(self.h.limits.ctx.into())),
+                        ("KV_CTX", Const::U(self.h.limits.kv_tokens.into())),
                     ];
                     // An item per pair of blocks (Q8_0) or of values.
                     let (op, items) = if kv_type == KvType::Q8_0 {
@@ -1080,7 +1080,7 @@ impl Emitter<'_> {
                     ("SCALE", Const::F(scale)),
                     ("WINDOW", Const::U(window.unwrap_or(0).into())),
                     ("TILE", Const::U(ATTENTION_TILE.into())),
-                    ("KV_CTX", Const::U(self.h.limits.ctx.into())),
+                    ("KV_CTX", Const::U(self.h.limits.kv_tokens.into())),
                 ];
                 let k = self.kernel(
                     i,

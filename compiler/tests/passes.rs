@@ -25,6 +25,8 @@ fn listings_of(file: &GgufFile) -> Vec<(String, String)> {
     let options = PipelineOptions {
         ctx: 64,
         max_batch: 8,
+        kv_tokens: 64,
+        max_seqs: 8,
         disabled: PassSet::NONE,
         kv_type: llamart::plan::KvType::F16,
     };

@@ -13,6 +13,8 @@ fn compile(gguf: &std::path::Path, bandwidth: Option<f64>) -> Report {
     let options = llamac::compile::CompileOptions {
         ctx: Some(64),
         max_batch: 8,
+        kv_tokens: None,
+        max_seqs: llamart::plan::DEFAULT_MAX_SEQS,
         activations: llamart::plan::Activations::Q8,
         kv_type: llamart::plan::KvType::F16,
         bandwidth_gbps: bandwidth,

@@ -10,6 +10,8 @@ use llamac::synthetic::TinyLlama;
 const OPTIONS: PipelineOptions = PipelineOptions {
     ctx: 64,
     max_batch: 8,
+    kv_tokens: 64,
+    max_seqs: 8,
     disabled: llamac::passes::PassSet::NONE,
     kv_type: llamart::plan::KvType::F16,
 };
@@ -72,6 +74,8 @@ fn tiny_llama_kernels_in_msl() {
     let options = llamac::compile::CompileOptions {
         ctx: Some(64),
         max_batch: 8,
+        kv_tokens: None,
+        max_seqs: llamart::plan::DEFAULT_MAX_SEQS,
         activations: llamart::plan::Activations::Q8,
         kv_type: llamart::plan::KvType::F16,
         bandwidth_gbps: None,

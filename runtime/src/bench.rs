@@ -128,6 +128,142 @@ pub fn run(
     })
 }
 
+/// `parallel` sequences together, as llama.cpp's `llama-batched-bench` measures them: the pp
+/// test reads every sequence's `n_prompt` prompt tokens, packed into steps of the plan's batch
+/// (each sequence's last prompt row gives logits); the tg test then decodes `n_gen` tokens of
+/// every sequence, one step per round carrying one token of each, reading back each row's best
+/// candidate. `pp` and `tg` are aggregates: tokens of all sequences per second. The sequences'
+/// pages lie side by side in the pool.
+pub fn run_parallel(
+    session: &mut crate::cpu::Session,
+    n_prompt: usize,
+    n_gen: usize,
+    parallel: usize,
+    reps: usize,
+) -> Result<BenchResult, String> {
+    use crate::batch::{Logits, SeqStep};
+    let h = session.plan_header();
+    let l = h.limits;
+    let (page, n_vocab) = (l.page_tokens as usize, h.model.n_vocab as usize);
+    if parallel == 0 || parallel > l.max_seqs as usize {
+        return Err(format!(
+            "--parallel {parallel}: the plan runs 1 to {} sequences a step (llamac compile --max-seqs)",
+            l.max_seqs
+        ));
+    }
+    if n_prompt == 0 {
+        return Err("--parallel needs prompts to decode after: -p must be at least 1".into());
+    }
+    let per_seq = (n_prompt + n_gen).div_ceil(page);
+    if n_prompt + n_gen > l.ctx as usize || parallel * per_seq > l.kv_pages() as usize {
+        return Err(format!(
+            "{parallel} sequences of {n_prompt} + {n_gen} tokens need {} KV pages of {page} tokens \
+             (at most {} tokens a sequence), but the plan has {} pages and a context of {} \
+             (llamac compile --kv-tokens, --ctx)",
+            parallel * per_seq,
+            n_prompt + n_gen,
+            l.kv_pages(),
+            l.ctx
+        ));
+    }
+    let pages: Vec<Vec<u32>> = (0..parallel)
+        .map(|i| ((i * per_seq) as u32..((i + 1) * per_seq) as u32).collect())
+        .collect();
+    let prompts: Vec<Vec<u32>> = (0..parallel)
+        .map(|i| {
+            let all = tokens(n_prompt + i, h.model.n_vocab);
+            all[i..].to_vec()
+        })
+        .collect();
+    let max_batch = l.max_batch as usize;
+    let err = |e: EvalError| e.to_string();
+    let mut steps: Vec<SeqStep> = Vec::with_capacity(parallel);
+    let mut which: Vec<usize> = Vec::with_capacity(parallel);
+    let mut pp_once = |s: &mut crate::cpu::Session| -> Result<f64, String> {
+        let start = Instant::now();
+        let mut done = vec![0usize; parallel];
+        let mut next = 0;
+        while next < parallel {
+            steps.clear();
+            which.clear();
+            let mut budget = max_batch;
+            for (i, prompt) in prompts.iter().enumerate().skip(next) {
+                if budget == 0 {
+                    break;
+                }
+                let len = (n_prompt - done[i]).min(budget);
+                let last = done[i] + len == n_prompt;
+                steps.push(SeqStep {
+                    tokens: &prompt[done[i]..done[i] + len],
+                    start: done[i],
+                    pages: &pages[i],
+                    logits: if last { Logits::Last } else { Logits::None },
+                });
+                which.push(i);
+                budget -= len;
+            }
+            s.step(&steps).map_err(err)?;
+            for (&i, st) in which.iter().zip(&steps) {
+                done[i] += st.tokens.len();
+            }
+            while next < parallel && done[next] == n_prompt {
+                next += 1;
+            }
+        }
+        Ok(start.elapsed().as_secs_f64())
+    };
+    let mut pp = Vec::new();
+    pp_once(session)?;
+    for _ in 0..reps {
+        pp.push(pp_once(session)?);
+    }
+    let mut tg = Vec::new();
+    if n_gen > 0 {
+        let mut next: Vec<u32> = vec![0; parallel];
+        let mut best = Vec::with_capacity(64);
+        for rep in 0..=reps {
+            // The prompts are in the cache: each round decodes after them again.
+            let start = Instant::now();
+            for g in 0..n_gen {
+                let steps: Vec<SeqStep> = (0..parallel)
+                    .map(|i| SeqStep {
+                        tokens: std::slice::from_ref(&next[i]),
+                        start: n_prompt + g,
+                        pages: &pages[i],
+                        logits: Logits::Last,
+                    })
+                    .collect();
+                let logits = session.step(&steps).map_err(err)?;
+                let picked: Vec<u32> = logits
+                    .chunks_exact(n_vocab)
+                    .map(|row| {
+                        crate::eval::top_logits_into(row, 1, &mut best);
+                        best[0].0
+                    })
+                    .collect();
+                next.copy_from_slice(&picked);
+            }
+            if rep > 0 {
+                tg.push(start.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let empty = Stat {
+        n: 0,
+        tps_mean: 0.0,
+        tps_std: 0.0,
+    };
+    Ok(BenchResult {
+        ttft_ms: pp.iter().sum::<f64>() / pp.len() as f64 * 1e3,
+        pp: stat(parallel * n_prompt, &pp),
+        tg: if tg.is_empty() {
+            empty
+        } else {
+            stat(parallel * n_gen, &tg)
+        },
+    })
+}
+
 /// The machine's memory read bandwidth in GB/s, as `threads` threads streaming through a buffer
 /// far larger than the caches see it: the best of a few passes. Allocates (and frees) 256 MiB,
 /// so measure peak RSS before calling it.

@@ -3,8 +3,10 @@
 //! The runtime owns the plan format and the numeric kernels; the compiler depends on this crate
 //! for both, never the other way round.
 
+pub mod batch;
 pub mod bench;
 pub mod cpu;
+pub mod engine;
 pub mod eval;
 pub mod ggml_type;
 pub mod gpu;

@@ -121,6 +121,12 @@ enum Command {
         /// Measured repetitions (after one warm-up).
         #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
         reps: usize,
+        /// Run N sequences together, as llama.cpp's llama-batched-bench does (CPU): pp reads N
+        /// prompts of -p tokens, tg then decodes -n tokens of each, one step per round; both
+        /// report aggregate tokens/s. At most the plan's --max-seqs, and N x (p + n) tokens must
+        /// fit the plan's KV pool.
+        #[arg(long = "parallel", value_name = "N")]
+        parallel: Option<usize>,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -238,28 +244,78 @@ impl GpuProbe {
     }
 }
 
+fn uses_gpu(exec: &Exec, probe: GpuProbe) -> bool {
+    match exec.backend {
+        Backend::Cpu => false,
+        Backend::Gpu => true,
+        Backend::Auto => probe.hardware(),
+    }
+}
+
+fn gpu_session(model: &Model) -> anyhow::Result<GpuSession<'_>> {
+    let s = GpuSession::new(&model.plan)?;
+    if s.adapter.software {
+        eprintln!(
+            "llamart: running on {} ({}), a software GPU: correct but slow",
+            s.adapter.name, s.adapter.backend
+        );
+    }
+    Ok(s)
+}
+
 fn evaluator<'m>(
     model: &'m Model,
     exec: &Exec,
     probe: GpuProbe,
 ) -> anyhow::Result<Box<dyn Evaluator + 'm>> {
-    let gpu = match exec.backend {
-        Backend::Cpu => false,
-        Backend::Gpu => true,
-        Backend::Auto => probe.hardware(),
-    };
-    if gpu {
-        let s = GpuSession::new(&model.plan)?;
-        if s.adapter.software {
-            eprintln!(
-                "llamart: running on {} ({}), a software GPU: correct but slow",
-                s.adapter.name, s.adapter.backend
-            );
-        }
-        Ok(Box::new(s))
+    if uses_gpu(exec, probe) {
+        Ok(Box::new(gpu_session(model)?))
     } else {
         Ok(Box::new(Session::new(&model.plan, exec.threads)?))
     }
+}
+
+/// Generates for one prompt through the engine (the path a server's requests take), with as
+/// many tokens as the sequence's context leaves room for at most.
+fn generate_on_engine(
+    session: Session,
+    prompt: &[u32],
+    sampling: SamplingParams,
+    n_predict: usize,
+    stop_ids: Vec<u32>,
+    on_token: &mut dyn FnMut(u32),
+) -> anyhow::Result<eval::Generated> {
+    use llamart::engine::{Engine, Event, Finish, Request};
+    let room = session.plan_header().limits.sequence_tokens() as usize + 1 - prompt.len();
+    let max_tokens = n_predict.min(room);
+    let mut engine = Engine::new(session);
+    engine.add(Request {
+        prompt: prompt.to_vec(),
+        sampling,
+        max_tokens,
+        stop_ids,
+    })?;
+    let start = Instant::now();
+    let mut first_token_at = None;
+    let mut out = eval::Generated {
+        stop: "length",
+        ..Default::default()
+    };
+    engine.run_to_completion(|event| match event {
+        Event::Token(_, id) => {
+            first_token_at.get_or_insert_with(Instant::now);
+            out.ids.push(id);
+            on_token(id);
+        }
+        Event::Finished(_, Finish::Stop) => out.stop = "eos",
+        Event::Finished(_, Finish::Length) if max_tokens < n_predict => out.stop = "context",
+        Event::Finished(_, Finish::Length) => {}
+    })?;
+    let end = Instant::now();
+    let first = first_token_at.unwrap_or(end);
+    out.prompt_seconds = (first - start).as_secs_f64();
+    out.generate_seconds = (end - first).as_secs_f64();
+    Ok(out)
 }
 
 /// Writes to stdout; a reader that went away (`| head`) ends the output quietly.
@@ -314,7 +370,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             params.validate().map_err(anyhow::Error::msg)?;
             let model = load(&plan)?;
             let h = &model.plan.header;
-            let (ctx, n_vocab) = (h.limits.ctx as usize, h.model.n_vocab as usize);
+            let (ctx, n_vocab) = (
+                h.limits.sequence_tokens() as usize,
+                h.model.n_vocab as usize,
+            );
             let prompt_ids = model.tokenizer.encode(&prompt, true, true)?;
             if prompt_ids.is_empty() {
                 bail!("the prompt is empty");
@@ -322,30 +381,51 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if prompt_ids.len() >= ctx {
                 bail!("the prompt is {} tokens, but the plan's context holds {ctx} (compile with a larger --ctx)", prompt_ids.len());
             }
-            let mut s = evaluator(&model, &exec, probe)?;
-            let load_seconds = seconds_since_start();
-            let mut sampler = Sampler::new(params, n_vocab);
             let mut detok = Detokenizer::new(&model.tokenizer);
             let mut text = String::new();
             let mut open = true;
-            let result = eval::generate(
-                &mut *s,
-                &mut sampler,
-                &prompt_ids,
-                n_predict,
-                ctx,
-                h.limits.max_batch as usize,
-                n_vocab,
-                |id| !ignore_eos && model.tokenizer.is_end_of_generation(id),
-                |id| {
-                    let piece = detok.push(id);
-                    if json {
-                        text.push_str(&piece);
-                    } else if open {
-                        open = out(&piece).unwrap_or(false);
-                    }
-                },
-            )?;
+            let mut on_token = |id| {
+                let piece = detok.push(id);
+                if json {
+                    text.push_str(&piece);
+                } else if open {
+                    open = out(&piece).unwrap_or(false);
+                }
+            };
+            let (load_seconds, result) = if uses_gpu(&exec, probe) {
+                let mut s = gpu_session(&model)?;
+                let load_seconds = seconds_since_start();
+                let mut sampler = Sampler::new(params, n_vocab);
+                let result = eval::generate(
+                    &mut s,
+                    &mut sampler,
+                    &prompt_ids,
+                    n_predict,
+                    ctx,
+                    h.limits.max_batch as usize,
+                    n_vocab,
+                    |id| !ignore_eos && model.tokenizer.is_end_of_generation(id),
+                    &mut on_token,
+                )?;
+                (load_seconds, result)
+            } else {
+                let session = Session::new(&model.plan, exec.threads)?;
+                let load_seconds = seconds_since_start();
+                let stop_ids = if ignore_eos {
+                    Vec::new()
+                } else {
+                    model.tokenizer.end_of_generation_ids().to_vec()
+                };
+                let result = generate_on_engine(
+                    session,
+                    &prompt_ids,
+                    params,
+                    n_predict,
+                    stop_ids,
+                    &mut on_token,
+                )?;
+                (load_seconds, result)
+            };
             let tail = detok.finish();
             let timings = json!({
                 "load_ms": load_seconds * 1e3,
@@ -470,11 +550,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             n_gen,
             depth,
             reps,
+            parallel,
             json,
             exec,
         } => {
             let model = load(&plan)?;
             let h = &model.plan.header;
+            if let Some(parallel) = parallel {
+                return bench_parallel(&model, probe, &exec, n_prompt, n_gen, parallel, reps, json);
+            }
             if depth + n_prompt.max(n_gen) > h.limits.ctx as usize {
                 bail!(
                     "-d {depth} plus -p {n_prompt} / -n {n_gen} exceed the plan's context of {} tokens",
@@ -519,7 +603,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "bandwidth_gbps": roofline.map(|r| r.0), "roofline_tps": roofline.map(|r| r.1),
                     "roofline_fraction": roofline.map(|r| r.2),
                     "load_ms": load_seconds * 1e3, "peak_rss_bytes": rss,
-                    "threads": exec.threads, "backend": s.backend(), "gpu_per_decode_token": gpu,
+                    "threads": exec.threads, "backend": s.backend(), "gpu_per_decode_token": gpu, "parallel": 1,
                     "model": h.model.name, "plan_bytes": model.plan.file_bytes(),
                 });
                 out(&(j.to_string() + "\n"))?;
@@ -580,4 +664,64 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `llamart bench --parallel N`: N sequences in every step, aggregate tokens/s.
+#[allow(clippy::too_many_arguments)]
+fn bench_parallel(
+    model: &Model,
+    probe: GpuProbe,
+    exec: &Exec,
+    n_prompt: usize,
+    n_gen: usize,
+    parallel: usize,
+    reps: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    if reps == 0 {
+        bail!("-r must be at least 1");
+    }
+    if exec.backend == Backend::Gpu || (exec.backend == Backend::Auto && probe.hardware()) {
+        bail!("--parallel runs on the CPU backend only (the GPU backend evaluates one sequence a step): add --backend cpu");
+    }
+    let mut session = Session::new(&model.plan, exec.threads)?;
+    let load_seconds = seconds_since_start();
+    let r = llamart::bench::run_parallel(&mut session, n_prompt, n_gen, parallel, reps)
+        .map_err(anyhow::Error::msg)?;
+    let rss = llamart::bench::peak_rss_bytes();
+    let name = &model.plan.header.model.name;
+    if json {
+        let stat = |s: &llamart::bench::Stat| json!({"n": s.n, "tps_mean": s.tps_mean, "tps_std": s.tps_std});
+        let j = json!({
+            "pp": stat(&r.pp), "tg": stat(&r.tg), "parallel": parallel, "depth": 0,
+            "load_ms": load_seconds * 1e3, "peak_rss_bytes": rss, "threads": exec.threads,
+            "backend": "cpu", "model": name, "plan_bytes": model.plan.file_bytes(),
+        });
+        out(&(j.to_string() + "\n"))?;
+    } else {
+        let mut table = String::from(
+            "| model | backend | threads | parallel | test | aggregate t/s |\n|---|---|---|---|---|---|\n",
+        );
+        for (test, st) in [
+            (format!("pp{n_prompt}"), &r.pp),
+            (format!("tg{n_gen} @ d{n_prompt}"), &r.tg),
+        ] {
+            if st.n > 0 {
+                table.push_str(&format!(
+                    "| {name} | cpu | {} | {parallel} | {test} | {:.2} ± {:.2} |\n",
+                    exec.threads, st.tps_mean, st.tps_std
+                ));
+            }
+        }
+        table.push_str(&format!(
+            "\nload {:.1} ms, peak RSS {}\n",
+            load_seconds * 1e3,
+            rss.map_or("unknown".into(), |b| format!(
+                "{:.1} MiB",
+                b as f64 / (1 << 20) as f64
+            ))
+        ));
+        out(&table)?;
+    }
+    Ok(())
 }

@@ -1,6 +1,6 @@
 //! KV cache layout: for each attention layer, K and V regions back to back, each holding every
-//! KV head's `ctx` positions in turn, a position one row of `head_dim` values of the chosen
-//! element type.
+//! KV head's `kv_tokens` slots (the page pool's) in turn, a slot one row of `head_dim` values of
+//! the chosen element type.
 
 use llamart::plan::{KvLayer, KvLayout, KvType};
 
@@ -8,7 +8,12 @@ use crate::ir::{Graph, NodeId, Op};
 use crate::passes::memory::BUFFER_ALIGN;
 use crate::passes::PassError;
 
-pub fn run(g: &Graph, schedule: &[NodeId], ctx: u32, ty: KvType) -> Result<KvLayout, PassError> {
+pub fn run(
+    g: &Graph,
+    schedule: &[NodeId],
+    kv_tokens: u32,
+    ty: KvType,
+) -> Result<KvLayout, PassError> {
     let mut layers: Vec<(u32, KvLayer)> = Vec::new();
     let mut bytes = 0u64;
     for &id in schedule {
@@ -22,8 +27,8 @@ pub fn run(g: &Graph, schedule: &[NodeId], ctx: u32, ty: KvType) -> Result<KvLay
         ty.supports(head_dim as u32)
             .map_err(|why| PassError::Kv(format!("layer {layer}: {why}")))?;
         let row = ty.row_bytes(head_dim as usize) as u64;
-        // Each KV head's positions back to back; regions stay aligned for GPU bindings.
-        let region = (u64::from(ctx) * n_kv_head * row).div_ceil(BUFFER_ALIGN) * BUFFER_ALIGN;
+        // Each KV head's slots back to back; regions stay aligned for GPU bindings.
+        let region = (u64::from(kv_tokens) * n_kv_head * row).div_ceil(BUFFER_ALIGN) * BUFFER_ALIGN;
         layers.push((
             layer,
             KvLayer {

@@ -22,10 +22,15 @@ use crate::ir::{Graph, NodeId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PipelineOptions {
-    /// Tokens the KV cache holds.
+    /// Most tokens one sequence holds (its positions).
     pub ctx: u32,
-    /// Most new tokens evaluated in one step.
+    /// Most new tokens evaluated in one step, over all its sequences.
     pub max_batch: u32,
+    /// Tokens the KV cache's page pool holds over all sequences: a whole number of
+    /// `llamart::plan::KV_PAGE_TOKENS` pages.
+    pub kv_tokens: u32,
+    /// Most sequences one step carries.
+    pub max_seqs: u32,
     /// Rewrites not to run (`llamac compile --disable-pass`).
     pub disabled: PassSet,
     /// How the KV cache stores its values.
@@ -176,7 +181,7 @@ pub fn run_pipeline_observed(
     observe("dce", &graph);
     let schedule = schedule::run(&graph);
     let memory = memory::run(&graph, &schedule, options.max_batch);
-    let kv = kv_layout::run(&graph, &schedule, options.ctx, options.kv_type)?;
+    let kv = kv_layout::run(&graph, &schedule, options.kv_tokens, options.kv_type)?;
     passes.extend(["dce", "schedule", "memory", "kv_layout"]);
     Ok(Compiled {
         graph,

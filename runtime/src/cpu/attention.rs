@@ -25,21 +25,22 @@ pub const SEGMENT: usize = 256;
 /// Most tokens in one tile (prefill): each key row read serves this many queries per head.
 pub const TILE: usize = 8;
 
-/// Every layer's keys and values: one allocation of zeroed memory, so pages are only touched
-/// when a position is first written. A layer's K (or V) region holds each KV head's `ctx` rows
-/// back to back, so reading one head's keys streams through contiguous memory.
+/// Every layer's keys and values: one allocation of zeroed memory, so memory pages are only
+/// touched when a slot is first written. A layer's K (or V) region holds each KV head's `slots`
+/// rows back to back, so reading one head's keys streams through contiguous memory (a KV page's
+/// rows at a time).
 pub struct KvCache {
     words: Vec<u32>,
     ty: KvType,
-    ctx: usize,
+    slots: usize,
 }
 
 impl KvCache {
-    pub fn new(bytes: u64, ty: KvType, ctx: usize) -> Self {
+    pub fn new(bytes: u64, ty: KvType, slots: usize) -> Self {
         KvCache {
             words: vec![0; bytes.div_ceil(4) as usize],
             ty,
-            ctx,
+            slots,
         }
     }
 
@@ -47,43 +48,40 @@ impl KvCache {
         bytemuck::cast_slice(&self.words)
     }
 
-    /// Where head `head`'s row for position `pos` starts in the region at byte `region`.
-    fn row_start(&self, region: u64, head_dim: usize, head: usize, pos: usize) -> usize {
-        region as usize + (head * self.ctx + pos) * self.ty.row_bytes(head_dim)
+    /// Where head `head`'s row for slot `slot` starts in the region at byte `region`.
+    fn row_start(&self, region: u64, head_dim: usize, head: usize, slot: usize) -> usize {
+        region as usize + (head * self.slots + slot) * self.ty.row_bytes(head_dim)
     }
 
-    /// Stores the keys (or values) of tokens at positions `pos`, `pos + 1`, ...: `rows` holds
-    /// each token's `heads` heads of `head_dim` values.
-    pub fn store(&mut self, region: u64, heads: usize, head_dim: usize, pos: usize, rows: &[f32]) {
+    /// Stores one token's keys (or values), `heads` heads of `head_dim` values, in `slot`.
+    pub fn store(&mut self, region: u64, head_dim: usize, slot: usize, token: &[f32]) {
         let row_bytes = self.ty.row_bytes(head_dim);
-        for (t, token) in rows.chunks_exact(heads * head_dim).enumerate() {
-            for (head, src) in token.chunks_exact(head_dim).enumerate() {
-                let start = self.row_start(region, head_dim, head, pos + t);
-                let ty = self.ty;
-                let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.words);
-                let dst = &mut bytes[start..start + row_bytes];
-                match ty {
-                    KvType::F32 => dst.copy_from_slice(bytemuck::cast_slice(src)),
-                    KvType::F16 => {
-                        use half::slice::HalfFloatSliceExt;
-                        let halves: &mut [f16] = bytemuck::cast_slice_mut(dst);
-                        halves.convert_from_f32_slice(src);
-                    }
-                    KvType::Q8_0 => store_q8_0(src, dst),
+        for (head, src) in token.chunks_exact(head_dim).enumerate() {
+            let start = self.row_start(region, head_dim, head, slot);
+            let ty = self.ty;
+            let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.words);
+            let dst = &mut bytes[start..start + row_bytes];
+            match ty {
+                KvType::F32 => dst.copy_from_slice(bytemuck::cast_slice(src)),
+                KvType::F16 => {
+                    use half::slice::HalfFloatSliceExt;
+                    let halves: &mut [f16] = bytemuck::cast_slice_mut(dst);
+                    halves.convert_from_f32_slice(src);
                 }
+                KvType::Q8_0 => store_q8_0(src, dst),
             }
         }
     }
 
-    /// Head `head`'s row for position `pos`, as stored.
-    fn row(&self, region: u64, head_dim: usize, head: usize, pos: usize) -> &[u8] {
-        let start = self.row_start(region, head_dim, head, pos);
+    /// Head `head`'s row in slot `slot`, as stored.
+    fn row(&self, region: u64, head_dim: usize, head: usize, slot: usize) -> &[u8] {
+        let start = self.row_start(region, head_dim, head, slot);
         &self.bytes()[start..start + self.ty.row_bytes(head_dim)]
     }
 
-    /// Loads head `head`'s row for position `pos` (`out.len()` values).
-    pub fn load(&self, region: u64, head: usize, pos: usize, out: &mut [f32]) {
-        let row = self.row(region, out.len(), head, pos);
+    /// Loads head `head`'s row in slot `slot` (`out.len()` values).
+    pub fn load(&self, region: u64, head: usize, slot: usize, out: &mut [f32]) {
+        let row = self.row(region, out.len(), head, slot);
         match self.ty {
             KvType::F32 => out.copy_from_slice(bytemuck::cast_slice(row)),
             KvType::F16 => {
@@ -129,21 +127,30 @@ pub struct KvHead {
     pub head_dim: usize,
 }
 
-/// The queries of one item: `tokens` consecutive tokens from step row `first_token`, each with
-/// `heads` query heads (of `head_dim` values) that share one KV head.
+/// The queries of one item: `tokens` consecutive tokens of one sequence from its step token
+/// `first_token`, each with `heads` query heads (of `head_dim` values) that share one KV head.
 #[derive(Clone, Copy)]
-pub struct Queries {
+pub struct Queries<'a> {
     pub first_token: usize,
     pub tokens: usize,
     pub heads: usize,
-    /// Tokens cached before the step: token t is at position `past + t`.
+    /// Tokens of the sequence cached before the step: its step token t is at position `past + t`.
     pub past: usize,
     /// Positions a token sees: its own and up to `window - 1` before it (`None`: all).
     pub window: Option<usize>,
     pub scale: f32,
+    /// The sequence's page table, and tokens per page.
+    pub pages: &'a [u32],
+    pub page_tokens: usize,
 }
 
-impl Queries {
+impl Queries<'_> {
+    /// The cache slot of position `pos`.
+    #[inline(always)]
+    fn slot(&self, pos: usize) -> usize {
+        self.pages[pos / self.page_tokens] as usize * self.page_tokens + pos % self.page_tokens
+    }
+
     /// The positions token `t` (of the step) sees.
     fn seen(&self, t: usize) -> Range<usize> {
         let pos = self.past + t;
@@ -253,7 +260,7 @@ pub fn normalize(out: &mut [f32], sum: f32) {
 pub fn attend<'q>(
     cache: &KvCache,
     kv: KvHead,
-    queries: Queries,
+    queries: Queries<'_>,
     q: &dyn Fn(usize, usize) -> &'q [f32],
     scratch: &mut Scratch,
 ) {
@@ -299,7 +306,7 @@ pub fn attend<'q>(
 pub fn attend_segment<'q>(
     cache: &KvCache,
     kv: KvHead,
-    queries: Queries,
+    queries: Queries<'_>,
     q: &dyn Fn(usize, usize) -> &'q [f32],
     s: usize,
     scratch: &mut Scratch,
@@ -321,7 +328,7 @@ pub fn attend_segment<'q>(
 unsafe fn segment_avx2<'q>(
     cache: &KvCache,
     kv: KvHead,
-    queries: Queries,
+    queries: Queries<'_>,
     q: &dyn Fn(usize, usize) -> &'q [f32],
     s: usize,
     scratch: &mut Scratch,
@@ -333,8 +340,8 @@ unsafe fn segment_avx2<'q>(
 trait Products {
     /// [`KvCache::load`].
     #[inline(always)]
-    fn load(cache: &KvCache, region: u64, head: usize, pos: usize, out: &mut [f32]) {
-        cache.load(region, head, pos, out)
+    fn load(cache: &KvCache, region: u64, head: usize, slot: usize, out: &mut [f32]) {
+        cache.load(region, head, slot, out)
     }
     /// `q . rows[k]` for the 8 rows of `head_dim` values in `rows`.
     fn scores8(q: &[f32], rows: &[f32], head_dim: usize) -> [f32; 8];
@@ -364,7 +371,7 @@ impl Products for Portable {
 fn segment_body<'q, P: Products>(
     cache: &KvCache,
     kv: KvHead,
-    queries: Queries,
+    queries: Queries<'_>,
     q: &dyn Fn(usize, usize) -> &'q [f32],
     s: usize,
     scratch: &mut Scratch,
@@ -395,7 +402,7 @@ fn segment_body<'q, P: Products>(
     for c in span.clone().step_by(CHUNK) {
         let n = CHUNK.min(span.end - c);
         for (j, row) in rows[..n * hd].chunks_exact_mut(hd).enumerate() {
-            P::load(cache, kv.k_offset, kv.head, c + j, row);
+            P::load(cache, kv.k_offset, kv.head, queries.slot(c + j), row);
         }
         for (ti, t) in tokens.clone().enumerate() {
             let seen = visible(t, c, n);
@@ -445,7 +452,7 @@ fn segment_body<'q, P: Products>(
     for c in span.clone().step_by(CHUNK) {
         let n = CHUNK.min(span.end - c);
         for (j, row) in rows[..n * hd].chunks_exact_mut(hd).enumerate() {
-            P::load(cache, kv.v_offset, kv.head, c + j, row);
+            P::load(cache, kv.v_offset, kv.head, queries.slot(c + j), row);
         }
         for (ti, t) in tokens.clone().enumerate() {
             let seen = visible(t, c, n);
@@ -505,11 +512,11 @@ mod avx2 {
     impl super::Products for Avx2 {
         /// f16 rows converted eight values at a time, inline.
         #[inline(always)]
-        fn load(cache: &super::KvCache, region: u64, head: usize, pos: usize, out: &mut [f32]) {
+        fn load(cache: &super::KvCache, region: u64, head: usize, slot: usize, out: &mut [f32]) {
             if cache.ty != super::KvType::F16 || !out.len().is_multiple_of(8) {
-                return cache.load(region, head, pos, out);
+                return cache.load(region, head, slot, out);
             }
-            let row = cache.row(region, out.len(), head, pos);
+            let row = cache.row(region, out.len(), head, slot);
             for (src, dst) in row.chunks_exact(16).zip(out.chunks_exact_mut(8)) {
                 // SAFETY: only reached from `segment_avx2`, which runs with F16C; 16 bytes are
                 // read from `src` and 8 values written to `dst`.
@@ -599,6 +606,32 @@ mod tests {
         ((i * 37 % 23) as f32 - 11.0) / 7.0
     }
 
+    /// Identity page tables: position p in slot p.
+    const PAGE: usize = 32;
+    static IDENTITY: [u32; 64] = {
+        let mut pages = [0u32; 64];
+        let mut i = 0;
+        while i < 64 {
+            pages[i] = i as u32;
+            i += 1;
+        }
+        pages
+    };
+
+    /// Stores consecutive tokens' rows from `slot` on.
+    fn store_rows(
+        cache: &mut KvCache,
+        region: u64,
+        heads: usize,
+        hd: usize,
+        slot: usize,
+        rows: &[f32],
+    ) {
+        for (t, token) in rows.chunks_exact(heads * hd).enumerate() {
+            cache.store(region, hd, slot + t, token);
+        }
+    }
+
     /// A cache of one layer with `positions` positions of two KV heads of `head_dim` values,
     /// filled from `value`, and where its second head is.
     fn filled(ty: KvType, positions: usize, head_dim: usize) -> (KvCache, KvHead) {
@@ -610,8 +643,8 @@ mod tests {
         let v: Vec<f32> = (0..positions * 2 * head_dim)
             .map(|i| value(i + 9))
             .collect();
-        cache.store(0, 2, head_dim, 0, &k);
-        cache.store(region, 2, head_dim, 0, &v);
+        store_rows(&mut cache, 0, 2, head_dim, 0, &k);
+        store_rows(&mut cache, region, 2, head_dim, 0, &v);
         let kv = KvHead {
             k_offset: 0,
             v_offset: region,
@@ -634,7 +667,7 @@ mod tests {
             let region = 64;
             let bytes = region + (heads * ctx * ty.row_bytes(head_dim)) as u64;
             let mut cache = KvCache::new(bytes, ty, ctx);
-            cache.store(region, heads, head_dim, 2, &src);
+            store_rows(&mut cache, region, heads, head_dim, 2, &src);
             for (r, want) in src.chunks_exact(head_dim).enumerate() {
                 let (t, head) = (r / heads, r % heads);
                 let mut got = vec![0.0; head_dim];
@@ -672,8 +705,8 @@ mod tests {
     #[test]
     fn attention_averages_values_by_softmax_of_scores() {
         let mut cache = KvCache::new(32, KvType::F32, 2);
-        cache.store(0, 1, 2, 0, &[1.0, 0.0, 0.0, 0.0]);
-        cache.store(16, 1, 2, 0, &[1.0, 2.0, 3.0, 4.0]);
+        store_rows(&mut cache, 0, 1, 2, 0, &[1.0, 0.0, 0.0, 0.0]);
+        store_rows(&mut cache, 16, 1, 2, 0, &[1.0, 2.0, 3.0, 4.0]);
         let kv = KvHead {
             k_offset: 0,
             v_offset: 16,
@@ -689,6 +722,8 @@ mod tests {
             past: 1,
             window: None,
             scale: 1.0,
+            pages: &IDENTITY,
+            page_tokens: PAGE,
         };
         attend(&cache, kv, queries, &|_, _| &q, &mut scratch);
         let e = 1f32.exp();
@@ -729,6 +764,8 @@ mod tests {
                         past,
                         window,
                         scale: 0.3,
+                        pages: &IDENTITY,
+                        page_tokens: PAGE,
                     };
                     attend(&cache, kv, queries, &query, &mut together);
                     for t in 0..tokens {
@@ -778,6 +815,8 @@ mod tests {
                 past,
                 window: None,
                 scale: 0.125,
+                pages: &IDENTITY,
+                page_tokens: PAGE,
             };
             attend(&cache, kv, queries, &|_, _| &q, &mut scratch);
             let row = |offset: u64, j: usize| {
@@ -808,5 +847,52 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A sequence whose pages lie scattered over the pool attends to the same bits as one whose
+    /// pages are in order, and a wrong page-table entry changes the result.
+    #[test]
+    fn attention_reads_positions_through_the_page_table() {
+        let (hd, heads, positions) = (64, 2, 5 * PAGE + 7);
+        let pool = 8 * PAGE;
+        let rows: Vec<f32> = (0..positions * heads * hd).map(|i| value(i + 4)).collect();
+        let scattered: [u32; 6] = [7, 2, 5, 0, 3, 6];
+        let region = (heads * pool * KvType::F16.row_bytes(hd)) as u64;
+        let mut in_order = KvCache::new(2 * region, KvType::F16, pool);
+        let mut paged = KvCache::new(2 * region, KvType::F16, pool);
+        for (p, token) in rows.chunks_exact(heads * hd).enumerate() {
+            let slot = scattered[p / PAGE] as usize * PAGE + p % PAGE;
+            in_order.store(0, hd, p, token);
+            in_order.store(region, hd, p, token);
+            paged.store(0, hd, slot, token);
+            paged.store(region, hd, slot, token);
+        }
+        let kv = KvHead {
+            k_offset: 0,
+            v_offset: region,
+            head: 1,
+            head_dim: hd,
+        };
+        let q: Vec<f32> = (0..hd).map(|i| value(i + 2)).collect();
+        let run = |cache: &KvCache, pages: &[u32]| {
+            let mut s = Scratch::new(1, hd);
+            let queries = Queries {
+                first_token: 0,
+                tokens: 1,
+                heads: 1,
+                past: positions - 1,
+                window: None,
+                scale: 0.125,
+                pages,
+                page_tokens: PAGE,
+            };
+            attend(cache, kv, queries, &|_, _| &q, &mut s);
+            s.out[..hd].iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        };
+        let want = run(&in_order, &IDENTITY);
+        assert_eq!(run(&paged, &scattered), want);
+        let mut wrong = scattered;
+        wrong[2] = 1;
+        assert_ne!(run(&paged, &wrong), want, "a wrong page must show");
     }
 }

@@ -7,6 +7,7 @@ mod matmul;
 
 use thiserror::Error;
 
+use crate::batch::{Logits, SeqStep};
 use crate::plan::{Buf, Epilogue, Kernel, LoadedPlan, PartialsInto, MAX_STACKED_WEIGHTS};
 use crate::GgmlType;
 use dot::Packed;
@@ -37,11 +38,18 @@ pub enum EvalError {
     ContextFull { past: usize, n: usize, ctx: usize },
     #[error("token id {id} is outside the vocabulary (0..{n_vocab})")]
     BadToken { id: u32, n_vocab: u32 },
+    #[error("{n} sequences in one step, but the plan evaluates at most {max} together")]
+    TooManySequences { n: usize, max: usize },
+    #[error("bad page table: {0}")]
+    PageTable(String),
+    #[error("scheduler: {0}")]
+    Scheduler(String),
     #[error("the GPU failed: {0}")]
     Device(String),
 }
 
-/// The checks every backend makes before evaluating `tokens` after `n_past` cached ones.
+/// The checks a single-sequence backend makes before evaluating `tokens` after `n_past` cached
+/// ones (the sequence's positions are its slots in the cache, so the pool bounds them too).
 pub fn check_step(
     h: &crate::plan::PlanHeader,
     n_past: usize,
@@ -50,7 +58,7 @@ pub fn check_step(
     let (n, max, ctx) = (
         tokens.len(),
         h.limits.max_batch as usize,
-        h.limits.ctx as usize,
+        h.limits.sequence_tokens() as usize,
     );
     if n == 0 {
         return Err(EvalError::Empty);
@@ -228,15 +236,41 @@ pub struct Session<'p> {
     embed_row: Vec<u8>,
     /// The head: the steps from this index on (after the last attention or rope, the only
     /// kernels whose rows depend on other rows or on positions) work row by row and
-    /// feed only the logits, so a prefill skips them and a step whose last row alone is wanted
-    /// runs them on that row.
+    /// feed only the logits, so they run only on the rows whose logits are wanted.
     head_from: usize,
-    /// Per head step, the arena inputs written before the head (by earlier steps or the host),
-    /// whose last row that step reads when it runs on the last row alone.
-    head_inputs_from_body: Vec<Vec<Buf>>,
+    /// The arena buffers written before the head (by the body or the host) that head steps
+    /// read, as (offset, values a row): the wanted rows are gathered to the front of each.
+    head_reads: Vec<(usize, usize)>,
+    /// The current step: each row's position and cache slot, each sequence's run of rows, the
+    /// sequences' page tables back to back, and the rows whose logits are wanted.
+    rows: Vec<RowAt>,
+    runs: Vec<Run>,
+    step_pages: Vec<u32>,
+    wanted: Vec<usize>,
+    /// The single-sequence interface's page table: position p in slot p.
+    identity_pages: Vec<u32>,
+    /// Tokens the single-sequence interface has cached.
     n_past: usize,
     /// Only ever non-zero in the test that proves the prefill/decode check can fail.
     kv_write_shift: usize,
+}
+
+/// Where a row of the current step is: its position in its sequence and the cache slot its keys
+/// and values go to.
+#[derive(Clone, Copy, Default)]
+struct RowAt {
+    pos: usize,
+    slot: usize,
+}
+
+/// One sequence's rows in the current step: `len` rows from `first_row`, at positions from
+/// `start`, with its page table at `pages` in `step_pages`.
+#[derive(Clone, Default)]
+struct Run {
+    first_row: usize,
+    len: usize,
+    start: usize,
+    pages: std::ops::Range<usize>,
 }
 
 impl<'p> Session<'p> {
@@ -396,25 +430,56 @@ impl<'p> Session<'p> {
             })
             .max()
             .unwrap_or(0) as usize;
-        let head_inputs_from_body = (head_from..h.steps.len())
-            .map(|i| {
-                let written_in_head = |b: &Buf| {
-                    h.steps[head_from..i]
-                        .iter()
-                        .any(|s| s.output == *b || s.formed == Some(*b))
-                };
-                h.steps[i]
-                    .inputs
+        let mut head_reads: Vec<(usize, usize)> = Vec::new();
+        for i in head_from..h.steps.len() {
+            let written_in_head = |b: &Buf| {
+                h.steps[head_from..i]
                     .iter()
-                    .filter(|b| matches!(b, Buf::Arena { .. }) && !written_in_head(b))
-                    .copied()
-                    .collect()
-            })
-            .collect();
+                    .any(|s| s.output == *b || s.formed == Some(*b))
+            };
+            for b in &h.steps[i].inputs {
+                let Buf::Arena { offset, .. } = *b else {
+                    continue;
+                };
+                if written_in_head(b) {
+                    continue;
+                }
+                // Values a row, as the last writer before the head (or the host) laid it out.
+                let len = if *b == h.token_ids {
+                    1
+                } else {
+                    let writer = h.steps[..head_from]
+                        .iter()
+                        .rev()
+                        .find(|s| s.output == *b || s.formed == Some(*b))
+                        .ok_or_else(|| {
+                            LoadError::Invalid(format!("step {i} reads {b:?}, which nothing wrote"))
+                        })?;
+                    match writer.kernel {
+                        Kernel::FusedMatMul { k, .. } if writer.formed == Some(*b) => k as usize,
+                        ref k => k.output_len() as usize,
+                    }
+                };
+                let entry = (offset as usize / 4, len);
+                if !head_reads.contains(&entry) {
+                    head_reads.push(entry);
+                }
+            }
+        }
+        if head_from == h.steps.len() {
+            // The logits come out of the body itself: the wanted rows are gathered from them.
+            let Buf::Arena { offset, .. } = h.logits else {
+                unreachable!("validated")
+            };
+            head_reads.push((offset as usize / 4, h.model.n_vocab as usize));
+        }
+        let page = h.limits.page_tokens as usize;
+        let seq_pages = (h.limits.ctx as usize).div_ceil(page);
+        let max_seqs = h.limits.max_seqs as usize;
         Ok(Session {
             plan,
             arena: Arena::new(h.arena.bytes),
-            kv: attention::KvCache::new(h.kv.bytes, h.kv.ty, ctx),
+            kv: attention::KvCache::new(h.kv.bytes, h.kv.ty, h.limits.kv_tokens as usize),
             rotated: vec![0.0; kv_row_len],
             partials: vec![0.0; n_head_max * ctx.div_ceil(attention::SEGMENT) * (head_dim + 2)],
             rope,
@@ -427,10 +492,20 @@ impl<'p> Session<'p> {
             attended: vec![0.0; attended_len * max_batch],
             embed_row: vec![0; embed_row_len],
             head_from,
-            head_inputs_from_body,
+            head_reads,
+            rows: vec![RowAt::default(); max_batch],
+            runs: Vec::with_capacity(max_seqs),
+            step_pages: Vec::with_capacity(max_seqs * seq_pages),
+            wanted: Vec::with_capacity(max_batch),
+            identity_pages: (0..h.limits.sequence_tokens().div_ceil(page as u32)).collect(),
             n_past: 0,
             kv_write_shift: 0,
         })
+    }
+
+    /// The plan's header.
+    pub fn plan_header(&self) -> &'p crate::plan::PlanHeader {
+        &self.plan.header
     }
 
     /// Tokens in the KV cache.
@@ -459,60 +534,116 @@ impl<'p> Session<'p> {
     /// Evaluates `tokens` after the cached ones and returns their logits, one row of `n_vocab`
     /// values per token.
     pub fn eval(&mut self, tokens: &[u32]) -> Result<&[f32], EvalError> {
-        self.eval_body(tokens)?;
-        let n = tokens.len();
-        for step in self.head_from..self.plan.header.steps.len() {
-            self.run_step(step, n, 0);
-        }
-        self.n_past += n;
-        Ok(self.logits_rows(n))
+        self.eval_single(tokens, Logits::All)
     }
 
     /// Evaluates `tokens` after the cached ones for their keys and values only: the head (the
     /// steps after the last attention, which only make logits) does not run.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<(), EvalError> {
-        self.eval_body(tokens)?;
-        let n = tokens.len();
-        if self.head_from == 0 {
-            // No attention: nothing to cache, and nothing to skip either.
-            (0..self.plan.header.steps.len()).for_each(|s| self.run_step(s, n, 0));
-        }
-        self.n_past += n;
-        Ok(())
+        self.eval_single(tokens, Logits::None).map(drop)
     }
 
     /// Evaluates `tokens` after the cached ones and returns the last token's logits, running the
     /// head on that token alone (at prefill the head of every other token is wasted work: about a
     /// fifth of SmolLM2's multiply-adds at 128 tokens).
     pub fn eval_last(&mut self, tokens: &[u32]) -> Result<&[f32], EvalError> {
-        self.eval_body(tokens)?;
-        let n = tokens.len();
-        self.n_past += n;
-        if self.head_from == self.plan.header.steps.len() {
-            // The logits come out of an attention (or rope) step: no head to run, all rows made.
-            let all = self.logits_rows(n);
-            return Ok(&all[all.len() / n * (n - 1)..]);
-        }
-        for step in self.head_from..self.plan.header.steps.len() {
-            self.run_step(step, 1, n - 1);
-        }
-        Ok(self.logits_rows(1))
+        self.eval_single(tokens, Logits::Last)
     }
 
-    /// Checks `tokens`, stores them and runs every step before the head on all of them.
-    fn eval_body(&mut self, tokens: &[u32]) -> Result<(), EvalError> {
+    /// One step of the single sequence, whose positions are its cache slots.
+    fn eval_single(&mut self, tokens: &[u32], logits: Logits) -> Result<&[f32], EvalError> {
+        check_step(&self.plan.header, self.n_past + self.kv_write_shift, tokens)?;
+        let pages = std::mem::take(&mut self.identity_pages);
+        let seq = SeqStep {
+            tokens,
+            start: self.n_past,
+            pages: &pages,
+            logits,
+        };
+        let result = self.run_batch(&[seq]);
+        self.identity_pages = pages;
+        result?;
+        self.n_past += tokens.len();
+        Ok(self.logits_rows(self.wanted.len()))
+    }
+
+    /// Evaluates one step of several sequences (each with its own positions and page table,
+    /// [`crate::batch::check`]ed) and returns the wanted logits rows, sequence after sequence.
+    /// Every row's result depends only on its own sequence: a sequence gets the same bits alone
+    /// or with any others.
+    pub fn step(&mut self, seqs: &[SeqStep]) -> Result<&[f32], EvalError> {
+        crate::batch::check(&self.plan.header, seqs)?;
+        self.run_batch(seqs)?;
+        Ok(self.logits_rows(self.wanted.len()))
+    }
+
+    /// Lays out the step's rows, runs the body on all of them and the head on the wanted ones.
+    fn run_batch(&mut self, seqs: &[SeqStep]) -> Result<(), EvalError> {
         let h = &self.plan.header;
-        check_step(h, self.n_past + self.kv_write_shift, tokens)?;
-        let n = tokens.len();
+        let page = h.limits.page_tokens as usize;
+        let n: usize = seqs.iter().map(|s| s.tokens.len()).sum();
         let Buf::Arena { offset, .. } = h.token_ids else {
             unreachable!("validated")
         };
         let ids = &mut self.arena.0[offset as usize / 4..][..n];
-        for (slot, &id) in ids.iter_mut().zip(tokens) {
-            *slot = f32::from_bits(id);
+        self.runs.clear();
+        self.step_pages.clear();
+        self.wanted.clear();
+        let mut row = 0;
+        for s in seqs {
+            let len = s.tokens.len();
+            for (slot, &id) in ids[row..row + len].iter_mut().zip(s.tokens) {
+                *slot = f32::from_bits(id);
+            }
+            let pages = self.step_pages.len()..self.step_pages.len() + s.pages.len();
+            self.step_pages.extend_from_slice(s.pages);
+            for t in 0..len {
+                let pos = s.start + t;
+                let write = if n == 1 {
+                    pos + self.kv_write_shift
+                } else {
+                    pos
+                };
+                self.rows[row + t] = RowAt {
+                    pos,
+                    slot: s.pages[write / page] as usize * page + write % page,
+                };
+            }
+            self.runs.push(Run {
+                first_row: row,
+                len,
+                start: s.start,
+                pages,
+            });
+            match s.logits {
+                Logits::None => {}
+                Logits::Last => self.wanted.push(row + len - 1),
+                Logits::All => self.wanted.extend(row..row + len),
+            }
+            row += len;
         }
         for step in 0..self.head_from {
-            self.run_step(step, n, 0);
+            self.run_step(step, n);
+        }
+        let wanted = self.wanted.len();
+        if wanted == 0 {
+            return Ok(());
+        }
+        if wanted < n {
+            for &(at, len) in &self.head_reads {
+                for (i, &r) in self.wanted.iter().enumerate() {
+                    if r != i {
+                        // Rows only move forward (wanted rows are in order), never over one
+                        // still to be moved.
+                        self.arena
+                            .0
+                            .copy_within(at + r * len..at + (r + 1) * len, at + i * len);
+                    }
+                }
+            }
+        }
+        for step in self.head_from..self.plan.header.steps.len() {
+            self.run_step(step, wanted);
         }
         Ok(())
     }
@@ -525,15 +656,10 @@ impl<'p> Session<'p> {
         &self.arena.0[offset as usize / 4..][..rows * h.model.n_vocab as usize]
     }
 
-    /// Runs step `index` on `n_tokens` rows. With `skip_rows` > 0 (a head step on the last row
-    /// alone) the inputs written before the head are read from row `skip_rows` on.
-    fn run_step(&mut self, index: usize, n_tokens: usize, skip_rows: usize) {
+    /// Runs step `index` on the first `n_tokens` rows of its operands.
+    fn run_step(&mut self, index: usize, n_tokens: usize) {
         let plan = self.plan;
         let step = &plan.header.steps[index];
-        let from_body: &[Buf] = match index.checked_sub(self.head_from) {
-            Some(i) if skip_rows > 0 => &self.head_inputs_from_body[i],
-            _ => &[],
-        };
         let arena = self.arena.0.as_mut_ptr();
         let arena_len = self.arena.0.len();
         // SAFETY: `validate` checked that every arena operand of every step lies inside the arena
@@ -542,8 +668,7 @@ impl<'p> Session<'p> {
         let read = |b: &Buf, len_per_row: usize| -> &[f32] {
             match *b {
                 Buf::Arena { offset, .. } => unsafe {
-                    let skip = if from_body.contains(b) { skip_rows } else { 0 };
-                    let start = offset as usize / 4 + skip * len_per_row;
+                    let start = offset as usize / 4;
                     assert!(start + n_tokens * len_per_row <= arena_len);
                     std::slice::from_raw_parts(arena.add(start), n_tokens * len_per_row)
                 },
@@ -663,14 +788,12 @@ impl<'p> Session<'p> {
                     .iter()
                     .find(|t| t.base == base && t.n_rot == n_rot as usize)
                     .expect("built at load");
-                table.apply(
-                    read(&step.inputs[0], per_row),
-                    write(per_row),
-                    n_head as usize,
-                    head_dim as usize,
-                    neox,
-                    self.n_past,
-                );
+                let (x, out) = (read(&step.inputs[0], per_row), write(per_row));
+                for run in &self.runs {
+                    let rows = run.first_row * per_row..(run.first_row + run.len) * per_row;
+                    let (h, hd) = (n_head as usize, head_dim as usize);
+                    table.apply(&x[rows.clone()], &mut out[rows], h, hd, neox, run.start);
+                }
             }
             Kernel::Attention {
                 layer,
@@ -685,12 +808,13 @@ impl<'p> Session<'p> {
                 let lay = plan.header.kv.layers[layer as usize];
                 let kv_row = lay.row_len();
                 if append {
-                    let at = self.kv_write_position(n_tokens);
                     let k_new = read(&step.inputs[1], kv_row);
                     let v_new = read(&step.inputs[2], kv_row);
-                    let (heads, hd) = (n_kv_head as usize, head_dim as usize);
-                    self.kv.store(lay.k_offset, heads, hd, at, k_new);
-                    self.kv.store(lay.v_offset, heads, hd, at, v_new);
+                    let rows = k_new.chunks_exact(kv_row).zip(v_new.chunks_exact(kv_row));
+                    for (at, (k, v)) in self.rows.iter().zip(rows) {
+                        self.kv.store(lay.k_offset, hd, at.slot, k);
+                        self.kv.store(lay.v_offset, hd, at.slot, v);
+                    }
                 }
                 let q = read(&step.inputs[0], h * hd);
                 let heads = Heads {
@@ -701,7 +825,7 @@ impl<'p> Session<'p> {
                     scale,
                     window,
                 };
-                self.attend(heads, q, write(h * hd), n_tokens);
+                self.attend(heads, q, write(h * hd));
             }
             Kernel::AttentionProject {
                 layer,
@@ -724,7 +848,7 @@ impl<'p> Session<'p> {
                 let k = h * head_dim as usize;
                 let q = read(&step.inputs[0], k);
                 let mut attended = std::mem::take(&mut self.attended);
-                self.attend(heads, q, &mut attended[..n_tokens * k], n_tokens);
+                self.attend(heads, q, &mut attended[..n_tokens * k]);
                 let Buf::Weight(w) = step.inputs[1] else {
                     unreachable!("validated")
                 };
@@ -757,7 +881,6 @@ impl<'p> Session<'p> {
             } => {
                 let layout = step.kernel.fused_inputs().expect("a fused product");
                 let (k, n) = (k as usize, n as usize);
-                let at = self.kv_write_position(n_tokens);
                 let parts_into = partials.map(|p| p.into);
                 let parts = |len: usize| {
                     let count = partials.expect("called with parts").count as usize;
@@ -895,17 +1018,16 @@ impl<'p> Session<'p> {
                             .find(|t| t.base == base && t.n_rot == n_rot as usize)
                             .expect("built at load");
                         let lay = plan.header.kv.layers[layer as usize];
-                        let past = self.n_past;
                         let out = write(q_len);
                         let rotated = &mut self.rotated[..kv_len];
-                        for (t, row) in wide.chunks_exact(n).enumerate() {
+                        for (t, (row, at)) in wide.chunks_exact(n).zip(&self.rows).enumerate() {
                             let (q, kv) = row.split_at(q_len);
                             let (k_new, v_new) = kv.split_at(kv_len);
-                            let pos = past + t;
+                            let pos = at.pos;
                             table.apply(q, &mut out[t * q_len..][..q_len], h, hd, neox, pos);
                             table.apply(k_new, rotated, hkv, hd, neox, pos);
-                            self.kv.store(lay.k_offset, hkv, hd, at + t, rotated);
-                            self.kv.store(lay.v_offset, hkv, hd, at + t, v_new);
+                            self.kv.store(lay.k_offset, hd, at.slot, rotated);
+                            self.kv.store(lay.v_offset, hd, at.slot, v_new);
                         }
                     }
                 }
@@ -913,34 +1035,51 @@ impl<'p> Session<'p> {
         }
     }
 
-    /// Attention of `n_tokens` query rows `q` at positions from `n_past` over the layer's cache,
-    /// into `out`, spread over the threads by (tile of tokens, KV head, part of its query heads),
-    /// or, for a single token whose keys span several segments, by (KV head, segment), merged
-    /// here afterwards: the same bits either way.
-    fn attend(&mut self, heads: Heads, q: &[f32], out: &mut [f32], n_tokens: usize) {
+    /// Attention of the step's query rows `q`, each over its sequence's positions in the layer's
+    /// cache, into `out`, spread over the threads by (tile of one sequence's tokens, KV head,
+    /// part of its query heads), or, for a single token whose keys span several segments, by
+    /// (KV head, segment), merged here afterwards: the same bits either way.
+    fn attend(&mut self, heads: Heads, q: &[f32], out: &mut [f32]) {
         let (hd, h) = (heads.head_dim as usize, heads.n_head as usize);
         let lay = self.plan.header.kv.layers[heads.layer as usize];
         let n_kv_head = heads.n_kv_head as usize;
         let group = h / n_kv_head;
-        let tile = attention::TILE.min(n_tokens);
-        let tiles = n_tokens.div_ceil(tile);
-        let queries_of = |first_token: usize, tokens: usize, count: usize| attention::Queries {
-            first_token,
-            tokens,
-            heads: count,
-            past: self.n_past,
-            window: heads.window.map(|w| w as usize),
-            scale: heads.scale,
+        let tile = attention::TILE;
+        let runs = &self.runs;
+        let tiles: usize = runs.iter().map(|r| r.len.div_ceil(tile)).sum();
+        // Tile `i` of the step, counted from the last: its sequence and its first token there.
+        let tile_at = |i: usize| {
+            let mut from_end = i;
+            for run in runs.iter().rev() {
+                let count = run.len.div_ceil(tile);
+                if from_end < count {
+                    return (run, (count - 1 - from_end) * tile);
+                }
+                from_end -= count;
+            }
+            unreachable!("fewer than {tiles} tiles")
         };
+        let page_tokens = self.plan.header.limits.page_tokens as usize;
+        let queries_of =
+            |run: &Run, first_token: usize, tokens: usize, count: usize| attention::Queries {
+                first_token,
+                tokens,
+                heads: count,
+                past: run.start,
+                window: heads.window.map(|w| w as usize),
+                scale: heads.scale,
+                pages: &self.step_pages[run.pages.clone()],
+                page_tokens,
+            };
         let kv_of = |kv_head: usize| attention::KvHead {
             k_offset: lay.k_offset,
             v_offset: lay.v_offset,
             head: kv_head,
             head_dim: hd,
         };
-        let segments = queries_of(0, 1, 1).segments();
+        let segments = queries_of(&runs[0], 0, 1, 1).segments();
         let threads = self.matmul.threads();
-        let split = n_tokens == 1 && segments.len() > 1;
+        let split = runs.len() == 1 && runs[0].len == 1 && segments.len() > 1;
         // Each item reads its KV head's rows once for all its tokens and heads; a decoded token
         // still has an item per thread.
         let per_item = if split { segments.len() } else { tiles };
@@ -971,7 +1110,7 @@ impl<'p> Session<'p> {
                 }
                 let query = |_: usize, head: usize| &q[(first + head) * hd..][..hd];
                 let mut s = scratch[worker].lock().expect("not poisoned");
-                let queries = queries_of(0, 1, count);
+                let queries = queries_of(&runs[0], 0, 1, count);
                 let segment = segments.start + seg;
                 attention::attend_segment(
                     &self.kv,
@@ -1010,32 +1149,24 @@ impl<'p> Session<'p> {
         let out = &out;
         self.matmul.for_each(tiles * items_per_tile, &|i, worker| {
             // Later tiles see more positions: they go first, so the last items are short.
-            let first_token = (tiles - 1 - i / items_per_tile) * tile;
-            let tokens = tile.min(n_tokens - first_token);
+            let (run, first_token) = tile_at(i / items_per_tile);
+            let tokens = tile.min(run.len - first_token);
             let (kv_head, first, count) = heads_of(i % items_per_tile);
             if count == 0 {
                 return;
             }
-            let query = |t: usize, head: usize| &q[(t * h + first + head) * hd..][..hd];
+            let row0 = run.first_row;
+            let query = |t: usize, head: usize| &q[((row0 + t) * h + first + head) * hd..][..hd];
             let mut s = scratch[worker].lock().expect("not poisoned");
-            let queries = queries_of(first_token, tokens, count);
+            let queries = queries_of(run, first_token, tokens, count);
             attention::attend(&self.kv, kv_of(kv_head), queries, &query, &mut s);
             for t in 0..tokens {
-                let at = ((first_token + t) * h + first) * hd;
+                let at = ((row0 + first_token + t) * h + first) * hd;
                 // SAFETY: item i is the only one writing these head rows of the output.
                 let o = unsafe { out.range(at, count * hd) };
                 o.copy_from_slice(&s.out[t * count * hd..][..count * hd]);
             }
         });
-    }
-
-    /// Where a step of `n_tokens` stores its keys and values in the cache.
-    fn kv_write_position(&self, n_tokens: usize) -> usize {
-        if n_tokens == 1 {
-            self.n_past + self.kv_write_shift
-        } else {
-            self.n_past
-        }
     }
 }
 
@@ -1044,8 +1175,15 @@ impl<'p> Session<'p> {
 fn validate(plan: &LoadedPlan) -> Result<(), LoadError> {
     let h = &plan.header;
     let max_batch = u64::from(h.limits.max_batch);
-    if h.limits.ctx == 0 || h.limits.max_batch == 0 {
-        return Err(LoadError::Invalid(format!("limits {:?}", h.limits)));
+    let l = &h.limits;
+    if l.ctx == 0
+        || l.max_batch == 0
+        || l.max_seqs == 0
+        || l.page_tokens == 0
+        || l.kv_tokens == 0
+        || !l.kv_tokens.is_multiple_of(l.page_tokens)
+    {
+        return Err(LoadError::Invalid(format!("limits {l:?}")));
     }
     for (i, w) in h.weights.iter().enumerate() {
         let shape = (w.dims.len() == 2).then(|| (w.dims[0] as usize, w.dims[1] as usize));
@@ -1117,8 +1255,9 @@ fn validate(plan: &LoadedPlan) -> Result<(), LoadError> {
             ));
         }
         h.kv.ty.supports(head_dim)?;
-        let region =
-            u64::from(h.limits.ctx * n_kv_head) * h.kv.ty.row_bytes(head_dim as usize) as u64;
+        let region = u64::from(h.limits.kv_tokens)
+            * u64::from(n_kv_head)
+            * h.kv.ty.row_bytes(head_dim as usize) as u64;
         for off in [lay.k_offset, lay.v_offset] {
             if off % 4 != 0 || off.checked_add(region).is_none_or(|e| e > h.kv.bytes) {
                 return Err(format!(

@@ -20,7 +20,7 @@ use super::{PlanHeader, WeightInfo, WEIGHT_ALIGN};
 
 pub const MAGIC: &[u8; 8] = b"LLAMPLAN";
 /// Bumped whenever the plan layout or any serialized type changes meaning.
-pub const FORMAT_VERSION: u32 = 8;
+pub const FORMAT_VERSION: u32 = 9;
 const PREAMBLE: u64 = 128;
 
 #[derive(Debug, Error)]

@@ -1,9 +1,10 @@
 //! The execution plan: what llamac decided, in the form llamart replays.
 //!
 //! A plan is fully static: every buffer has a byte offset fixed at compile time, every step names
-//! its kernel with concrete dimensions, and the only things that vary at run time are the number
-//! of new tokens in a step (at most `limits.max_batch`) and the number of tokens already in the KV
-//! cache (at most `limits.ctx`).
+//! its kernel with concrete dimensions, and the only things that vary at run time are the rows of
+//! a step (at most `limits.max_batch` new tokens of at most `limits.max_seqs` sequences) and
+//! where each sequence's cached tokens are in the KV cache's page pool (at most `limits.ctx`
+//! tokens a sequence, `limits.kv_tokens` in all).
 
 mod file;
 
@@ -238,11 +239,37 @@ impl std::str::FromStr for Activations {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
-    /// Tokens the KV cache holds.
+    /// Most tokens one sequence holds: its positions are `0..ctx`.
     pub ctx: u32,
-    /// Most new tokens one step evaluates; longer prompts are evaluated in chunks of this size.
+    /// Most new tokens one step evaluates, over all its sequences; longer prompts are evaluated
+    /// in chunks.
     pub max_batch: u32,
+    /// Tokens the KV cache's page pool holds, over all sequences: `kv_pages() * page_tokens`.
+    pub kv_tokens: u32,
+    /// Tokens a KV page holds ([`KV_PAGE_TOKENS`]).
+    pub page_tokens: u32,
+    /// Most sequences one step carries.
+    pub max_seqs: u32,
 }
+
+impl Limits {
+    /// Pages in the KV cache's pool.
+    pub fn kv_pages(&self) -> u32 {
+        self.kv_tokens / self.page_tokens.max(1)
+    }
+
+    /// Most tokens one sequence can hold: its context, or the whole pool if that is smaller.
+    pub fn sequence_tokens(&self) -> u32 {
+        self.ctx.min(self.kv_tokens)
+    }
+}
+
+/// Tokens per KV cache page: the unit in which sequences take cache memory and share prefixes.
+/// A divisor of the CPU attention's softmax segment, so a segment never splits a page.
+pub const KV_PAGE_TOKENS: u32 = 32;
+
+/// Default for `llamac compile --max-seqs`.
+pub const DEFAULT_MAX_SEQS: u32 = 8;
 
 /// The activation arena: one allocation; buffers whose lifetimes do not overlap share bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -250,8 +277,10 @@ pub struct ArenaLayout {
     pub bytes: u64,
 }
 
-/// The KV cache: per layer, K and V regions, each `[n_kv_head][ctx]` rows of `head_dim` values
-/// stored as `ty`: one KV head's positions back to back, so attention streams through them.
+/// The KV cache: per layer, K and V regions, each `[n_kv_head][kv_tokens]` rows of `head_dim`
+/// values stored as `ty`: one KV head's slots back to back, so attention streams through them. A
+/// sequence's position p lives in slot `page * page_tokens + p % page_tokens`, where `page` is
+/// entry `p / page_tokens` of the sequence's page table.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KvLayout {
     pub bytes: u64,
@@ -604,6 +633,29 @@ impl FusedInputs {
 }
 
 impl Kernel {
+    /// Values of the output row.
+    pub fn output_len(&self) -> u32 {
+        match *self {
+            Kernel::Embed { n, .. }
+            | Kernel::MatMul { n, .. }
+            | Kernel::Add { n, .. }
+            | Kernel::Mul { n, .. }
+            | Kernel::Scale { n, .. }
+            | Kernel::Unary { n, .. } => n,
+            Kernel::RmsNorm { n, groups, .. } => n * groups,
+            Kernel::Rope {
+                n_head, head_dim, ..
+            }
+            | Kernel::Attention {
+                n_head, head_dim, ..
+            } => n_head * head_dim,
+            Kernel::AttentionProject { n_head, n, .. } => n_head * n,
+            Kernel::FusedMatMul {
+                n, ref epilogue, ..
+            } => epilogue.output_len(n),
+        }
+    }
+
     /// The operand positions of a `FusedMatMul`.
     pub fn fused_inputs(&self) -> Option<FusedInputs> {
         match *self {

@@ -300,6 +300,11 @@ impl Tokenizer {
     }
 
     /// Whether generating `id` ends generation.
+    /// The ids that end a generation, sorted.
+    pub fn end_of_generation_ids(&self) -> &[u32] {
+        &self.data.eog
+    }
+
     pub fn is_end_of_generation(&self, id: u32) -> bool {
         self.data.eog.binary_search(&id).is_ok()
     }
