@@ -6,6 +6,9 @@
 // two quads (vec4) of lanes; a single token (decode) takes its own path that computes one lane.
 // Dimensions go four at a time, which also keeps every loop short: lavapipe stops a shader after
 // 65535 loop iterations in all, and a block costs about 200 of them here.
+// A tile's rows may belong to different sequences: a tile within one sequence (consecutive
+// positions) shares its key rows; otherwise each token attends on its own. Positions reach the
+// cache through the sequence's page table (`pages`, declared by the variant).
 // Constants: N_HEAD, N_KV_HEAD, HEAD_DIM (a multiple of 4), SCALE, WINDOW (0 = attend to every
 // earlier position), TILE. The cache (bindings 2 and 3) is read through `k_load4` and `v_load4`
 // of its element type's kv/*.wgsl. `attend` leaves the outputs in `tile`; the entry point and
@@ -29,6 +32,11 @@ var<workgroup> probs: array<vec4<f32>, 2u * BLOCK>;
 var<workgroup> running_max: array<vec4<f32>, 2>;
 var<workgroup> running_sum: array<vec4<f32>, 2>;
 var<workgroup> rescale: array<vec4<f32>, 2>;
+
+// The cache slot of position j of the sequence whose page table starts at `table`.
+fn slot_of(table: u32, j: u32) -> u32 {
+    return pages[table + j / PAGE_TOKENS] * PAGE_TOKENS + j % PAGE_TOKENS;
+}
 
 // Which tokens of quad `quad` (the tile's first token at position `first`) see key `j`.
 fn seen(j: u32, first: u32, quad: u32) -> vec4<bool> {
@@ -91,24 +99,35 @@ fn attend(h: u32, t0: u32, tiles: u32, lid: u32) {
         running_max[lid] = vec4<f32>(MASKED);
         running_sum[lid] = vec4<f32>(0.0);
     }
-    // The keys any token of the tile sees: from the first token's window start to the last token.
-    let first = params.n_past + t0;
-    let last = first + tiles - 1u;
-    var lo = 0u;
-    if (WINDOW > 0u && first + 1u > WINDOW) {
-        lo = first + 1u - WINDOW;
-    }
     let kv_col = (h / (N_HEAD / N_KV_HEAD)) * HEAD_DIM;
+    // Uniform: the rows' metadata comes from the uniform parameters.
+    let first = row_pos(t0);
+    let table = row_table(t0);
+    let one_sequence = row_table(t0 + tiles - 1u) == table
+        && row_pos(t0 + tiles - 1u) == first + tiles - 1u;
     workgroupBarrier();
     if (tiles == 1u) {
-        attend_one(first, lo, kv_col, lid);
+        attend_one(0u, first, table, kv_col, lid);
+    } else if (one_sequence) {
+        // The keys any token of the tile sees: from the first token's window start to the last.
+        attend_tile(first, first + tiles - 1u, window_start(first), table, kv_col, lid);
     } else {
-        attend_tile(first, last, lo, kv_col, lid);
+        for (var tt = 0u; tt < tiles; tt++) {
+            attend_one(tt, row_pos(t0 + tt), row_table(t0 + tt), kv_col, lid);
+        }
     }
     workgroupBarrier();
 }
 
-fn attend_tile(first: u32, last: u32, lo: u32, kv_col: u32, lid: u32) {
+// The first position a token at `pos` sees.
+fn window_start(pos: u32) -> u32 {
+    if (WINDOW > 0u && pos + 1u > WINDOW) {
+        return pos + 1u - WINDOW;
+    }
+    return 0u;
+}
+
+fn attend_tile(first: u32, last: u32, lo: u32, table: u32, kv_col: u32, lid: u32) {
     var acc: array<mat4x4<f32>, 2u * GROUPS>;
     for (var b = lo; b <= last; b += BLOCK) {
         let j = b + lid;
@@ -116,7 +135,7 @@ fn attend_tile(first: u32, last: u32, lo: u32, kv_col: u32, lid: u32) {
         var s1 = vec4<f32>(0.0);
         if (j <= last) {
             for (var d4 = 0u; d4 < D4; d4++) {
-                let k = k_load4(j, kv_col + 4u * d4);
+                let k = k_load4(slot_of(table, j), kv_col + 4u * d4);
                 let d = 8u * d4;
                 s0 += tile[d] * k.x + tile[d + 2u] * k.y + tile[d + 4u] * k.z + tile[d + 6u] * k.w;
                 s1 += tile[d + 1u] * k.x + tile[d + 3u] * k.y + tile[d + 5u] * k.z + tile[d + 7u] * k.w;
@@ -133,7 +152,7 @@ fn attend_tile(first: u32, last: u32, lo: u32, kv_col: u32, lid: u32) {
                 var a0 = scale_columns(acc[2u * g], rescale[0]);
                 var a1 = scale_columns(acc[2u * g + 1u], rescale[1]);
                 for (var i = 0u; i < keys; i++) {
-                    let v = v_load4(b + i, kv_col + 4u * d4);
+                    let v = v_load4(slot_of(table, b + i), kv_col + 4u * d4);
                     a0 = accumulate(a0, probs[2u * i], v);
                     a1 = accumulate(a1, probs[2u * i + 1u], v);
                 }
@@ -158,29 +177,43 @@ fn attend_tile(first: u32, last: u32, lo: u32, kv_col: u32, lid: u32) {
     }
 }
 
-fn attend_one(first: u32, lo: u32, kv_col: u32, lid: u32) {
+// Token tt of the tile alone (lane tt % 4 of quad tt / 4), at position `pos` of the sequence
+// whose page table starts at `table`.
+fn attend_one(tt: u32, pos: u32, table: u32, kv_col: u32, lid: u32) {
+    let quad = tt / 4u;
+    let lane = tt % 4u;
+    if (lid == 0u) {
+        running_max[quad][lane] = MASKED;
+        running_sum[quad][lane] = 0.0;
+    }
+    workgroupBarrier();
+    let lo = window_start(pos);
     var acc: array<vec4<f32>, GROUPS>;
-    for (var b = lo; b <= first; b += BLOCK) {
+    for (var b = lo; b <= pos; b += BLOCK) {
         let j = b + lid;
         var s = 0.0;
-        if (j <= first) {
+        if (j <= pos) {
             for (var d4 = 0u; d4 < D4; d4++) {
-                let d = 8u * d4;
-                let q4 = vec4<f32>(tile[d].x, tile[d + 2u].x, tile[d + 4u].x, tile[d + 6u].x);
-                s += dot(q4, k_load4(j, kv_col + 4u * d4));
+                let d = 8u * d4 + quad;
+                let q4 = vec4<f32>(tile[d][lane], tile[d + 2u][lane], tile[d + 4u][lane], tile[d + 6u][lane]);
+                s += dot(q4, k_load4(slot_of(table, j), kv_col + 4u * d4));
             }
         }
-        probs[2u * lid] = select(vec4<f32>(MASKED), vec4<f32>(s * SCALE), seen(j, first, 0u));
-        probs[2u * lid + 1u] = vec4<f32>(MASKED);
+        var p = vec4<f32>(MASKED);
+        if (j <= pos) {
+            p[lane] = s * SCALE;
+        }
+        probs[2u * lid + quad] = p;
+        probs[2u * lid + 1u - quad] = vec4<f32>(MASKED);
         softmax_block(lid);
 
-        let keys = min(BLOCK, first + 1u - b);
+        let keys = min(BLOCK, pos + 1u - b);
         for (var g = 0u; g < GROUPS; g++) {
             let d4 = lid + g * BLOCK;
             if (d4 < D4) {
-                var a = acc[g] * rescale[0].x;
+                var a = acc[g] * rescale[quad][lane];
                 for (var i = 0u; i < keys; i++) {
-                    a += probs[2u * i].x * v_load4(b + i, kv_col + 4u * d4);
+                    a += probs[2u * i + quad][lane] * v_load4(slot_of(table, b + i), kv_col + 4u * d4);
                 }
                 acc[g] = a;
             }
@@ -188,15 +221,16 @@ fn attend_one(first: u32, lo: u32, kv_col: u32, lid: u32) {
         workgroupBarrier();
     }
 
-    let inv = 1.0 / running_sum[0].x;
+    let inv = 1.0 / running_sum[quad][lane];
     for (var g = 0u; g < GROUPS; g++) {
         let d4 = lid + g * BLOCK;
         if (d4 < D4) {
             for (var e = 0u; e < 4u; e++) {
-                tile[2u * (4u * d4 + e)].x = acc[g][e] * inv;
+                tile[2u * (4u * d4 + e) + quad][lane] = acc[g][e] * inv;
             }
         }
     }
+    workgroupBarrier();
 }
 
 // Output value d of token tt of the tile.

@@ -4,6 +4,8 @@
 // tokens), so each weight is decoded once per TILE tokens.
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> wq: array<u32>;
+// The step's page tables.
+@group(0) @binding(6) var<storage, read> pages: array<u32>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

@@ -1,6 +1,8 @@
 // Attention's output stored as it is (rows of N_HEAD * HEAD_DIM); one workgroup per (head, TILE
 // tokens).
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+// The step's page tables.
+@group(0) @binding(5) var<storage, read> pages: array<u32>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

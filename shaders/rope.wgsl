@@ -1,5 +1,5 @@
 // Rotary position embedding on rows of N_HEAD heads of HEAD_DIM; the first N_ROT dimensions of each
-// head rotate in pairs (2i, 2i+1), or (i, i + N_ROT/2) when NEOX. Token t is at n_past + t.
+// head rotate in pairs (2i, 2i+1), or (i, i + N_ROT/2) when NEOX. Row t is at position row_pos(t).
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 
@@ -30,7 +30,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         first = (d % 2u) == 0u;
         partner = d ^ 1u;
     }
-    let theta = rope_theta(params.n_past + t, i);
+    let theta = rope_theta(row_pos(t), i);
     let c = cos(theta);
     let s = sin(theta);
     let v = x[head + d];

@@ -1,10 +1,12 @@
-//! Many sequences in one step (SmolLM2, CPU): batch invariance at the level of steps, then the
-//! engine's scheduling, prefix reuse, preemption and cancelling against solo runs.
+//! Many sequences in one step (SmolLM2): batch invariance at the level of steps, then the
+//! engine's scheduling, prefix reuse, preemption and cancelling against solo runs, on the CPU;
+//! on the GPU, mixes against solo runs within its tolerance.
 
 use llama_e2e::*;
 use llamart::batch::{Logits, SeqStep};
 use llamart::cpu::{EvalError, Session};
-use llamart::engine::{Engine, Event, Finish, Request, RequestError};
+use llamart::engine::{BatchEvaluator, Engine, Event, Finish, Request, RequestError};
+use llamart::gpu::GpuSession;
 use llamart::plan::LoadedPlan;
 use llamart::sampling::SamplingParams;
 
@@ -39,9 +41,9 @@ fn bits(row: &[f32]) -> Vec<u32> {
 
 /// Every row's logits of `tokens` evaluated alone, in one prefill chunk after another of `chunk`
 /// tokens, with the pages in order.
-fn solo(session: &mut Session, tokens: &[u32], chunk: usize) -> Vec<Vec<u32>> {
-    let n_vocab = session.plan_header().model.n_vocab as usize;
-    let page = session.plan_header().limits.page_tokens as usize;
+fn solo(session: &mut impl BatchEvaluator, tokens: &[u32], chunk: usize) -> Vec<Vec<u32>> {
+    let n_vocab = session.header().model.n_vocab as usize;
+    let page = session.header().limits.page_tokens as usize;
     let pages: Vec<u32> = (0..tokens.len().div_ceil(page) as u32).collect();
     let mut rows = Vec::new();
     for (c, part) in tokens.chunks(chunk).enumerate() {
@@ -62,12 +64,12 @@ fn solo(session: &mut Session, tokens: &[u32], chunk: usize) -> Vec<Vec<u32>> {
 /// rows. With `corrupt`, one page-table entry of the first sequence points at another page
 /// once its keys are written there.
 fn mixed(
-    session: &mut Session,
+    session: &mut impl BatchEvaluator,
     seqs: &[&[u32]],
     rng: &mut Rng,
     corrupt: bool,
 ) -> Vec<Vec<Vec<u32>>> {
-    let h = session.plan_header().clone();
+    let h = session.header().clone();
     let (n_vocab, page) = (h.model.n_vocab as usize, h.limits.page_tokens as usize);
     let mut free: Vec<u32> = (0..h.limits.kv_pages()).collect();
     // Scatter: take pages from random places in the pool.
@@ -252,10 +254,10 @@ fn greedy(prompt: &[u32], max_tokens: usize) -> Request {
 }
 
 /// Each request's tokens, and how it finished, in request order.
-fn run_all(
-    engine: &mut Engine<Session>,
+fn run_all<B: BatchEvaluator>(
+    engine: &mut Engine<B>,
     requests: &[Request],
-    mut between_steps: impl FnMut(&mut Engine<Session>, usize),
+    mut between_steps: impl FnMut(&mut Engine<B>, usize),
 ) -> Vec<(Vec<u32>, Option<Finish>)> {
     let ids: Vec<u64> = requests
         .iter()
@@ -381,4 +383,67 @@ fn requests_are_checked_and_stop_ids_end_them() {
     assert_eq!(out[0].0, free_run[..first_stop]);
     assert_eq!(out[0].1, Some(Finish::Stop));
     assert_eq!(out[1], (Vec::new(), Some(Finish::Length)));
+}
+
+fn from_bits(rows: &[Vec<u32>]) -> Vec<Vec<f32>> {
+    rows.iter()
+        .map(|r| r.iter().map(|&b| f32::from_bits(b)).collect())
+        .collect()
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap()
+        .0
+}
+
+/// On the GPU a tile of rows from several sequences attends token by token, one sequence's
+/// tokens together: within a mix, a sequence's logits stay within 1e-4 of its solo run, and
+/// generation through the engine picks the same greedy tokens.
+#[test]
+fn gpu_sequences_in_a_mix_match_their_solo_runs() {
+    if !gpu_available() {
+        return;
+    }
+    let plan = plan(2048);
+    let text = text();
+    let mut gpu = GpuSession::new(&plan).unwrap();
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let seqs: Vec<&[u32]> = vec![
+        &text[..27],
+        &text[100..109],
+        &text[300..317],
+        &text[500..503],
+    ];
+    let alone: Vec<Vec<Vec<f32>>> = seqs
+        .iter()
+        .map(|s| from_bits(&solo(&mut gpu, s, 64)))
+        .collect();
+    let together = mixed(&mut gpu, &seqs, &mut rng, false);
+    let mut worst = 0f32;
+    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        for (p, (a, t)) in a.iter().zip(from_bits(t)).enumerate() {
+            let diff = a
+                .iter()
+                .zip(&t)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            worst = worst.max(diff);
+            assert_eq!(argmax(a), argmax(&t), "sequence {i} position {p}");
+        }
+    }
+    eprintln!("GPU: largest |logit difference| in a mix: {worst:e}");
+    assert!(worst <= 1e-4, "a mix moved logits by {worst}");
+
+    let requests: Vec<Request> = (0..3)
+        .map(|i| greedy(&text[i * 60..i * 60 + 9 + 5 * i], 4))
+        .collect();
+    let out = run_all(&mut Engine::new(&mut gpu), &requests, |_, _| {});
+    for (i, r) in requests.iter().enumerate() {
+        let mut solo = Engine::new(&mut gpu);
+        let want = run_all(&mut solo, std::slice::from_ref(r), |_, _| {});
+        assert_eq!(out[i].0, want[0].0, "request {i}");
+    }
 }

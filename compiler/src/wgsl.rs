@@ -484,6 +484,11 @@ struct Emitter<'a> {
 
 impl Emitter<'_> {
     fn kernel(&mut self, step: usize, label: String, wgsl: String) -> Result<u32, GpuError> {
+        // What every kernel's `Params` needs: the plan's batch (its rows' metadata) and page size.
+        let wgsl = format!(
+            "const MAX_ROWS: u32 = {}u;\nconst PAGE_TOKENS: u32 = {}u;\n{wgsl}",
+            self.h.limits.max_batch, self.h.limits.page_tokens
+        );
         if let Some(&i) = self.index.get(&wgsl) {
             return Ok(i);
         }
@@ -514,6 +519,13 @@ impl Emitter<'_> {
             tokens_per_group,
             logits: false,
         });
+    }
+
+    fn pages(&self) -> GpuBinding {
+        GpuBinding::Pages {
+            offset: 0,
+            size: self.h.limits.gpu_page_table_bytes(),
+        }
     }
 
     fn arena(&self, b: &Buf) -> GpuBinding {
@@ -952,7 +964,14 @@ impl Emitter<'_> {
                 self.dispatch(
                     i,
                     k,
-                    vec![self.arena(io(0)), kc, vc, self.arena(&step.output), w_o],
+                    vec![
+                        self.arena(io(0)),
+                        kc,
+                        vc,
+                        self.arena(&step.output),
+                        w_o,
+                        self.pages(),
+                    ],
                     n_head.into(),
                     ATTENTION_TILE,
                 );
@@ -1090,7 +1109,13 @@ impl Emitter<'_> {
                 self.dispatch(
                     i,
                     k,
-                    vec![self.arena(io(0)), kc, vc, self.arena(&step.output)],
+                    vec![
+                        self.arena(io(0)),
+                        kc,
+                        vc,
+                        self.arena(&step.output),
+                        self.pages(),
+                    ],
                     n_head.into(),
                     ATTENTION_TILE,
                 );
@@ -1248,7 +1273,8 @@ pub fn gpu_section_with_max_binding(
             GpuBinding::Weight { size, .. }
             | GpuBinding::Arena { size, .. }
             | GpuBinding::Kv { size, .. }
-            | GpuBinding::Candidates { size, .. } => size,
+            | GpuBinding::Candidates { size, .. }
+            | GpuBinding::Pages { size, .. } => size,
         })
         .max()
         .unwrap_or(0);
@@ -1287,8 +1313,15 @@ pub fn gpu_section_with_max_binding(
                 .max()
                 .unwrap_or(0),
             offset_alignment: OFFSET_ALIGN,
+            uniform_binding_bytes: h.limits.gpu_params_bytes(),
         },
-        memory_bytes: weights + h.arena.bytes + h.kv.bytes + 16 + logits_bytes + candidates_bytes(),
+        memory_bytes: weights
+            + h.arena.bytes
+            + h.kv.bytes
+            + h.limits.gpu_params_bytes()
+            + h.limits.gpu_page_table_bytes()
+            + logits_bytes
+            + candidates_bytes(),
         top_k,
         max_top_k: MAX_TOP_K,
         kernels: e.kernels,

@@ -5,7 +5,7 @@
 // whole neighbouring pairs, which `k_store2` / `v_store2` (kv/*.wgsl) store without sharing a
 // word with another item. Q and K heads go through `head_norm` (fused/head_norm*.wgsl) before
 // they rotate. Q heads are rotated into y; K heads rotated and V heads as they are go to the
-// layer's cache at position n_past + t. `bias_at` is the bias of a row (0 without one).
+// layer's cache in slot row_slot(t). `bias_at` is the bias of a row (0 without one).
 fn epilogue(p: u32, t0: u32, tiles: u32, lid: u32) {
     let live = p < ITEMS;
     let head = p / (HEAD_DIM / 4u);
@@ -37,7 +37,7 @@ fn epilogue(p: u32, t0: u32, tiles: u32, lid: u32) {
         let i = 2u * m + s;
         if (i < N_ROT / 2u && head < N_HEAD + N_KV_HEAD) {
             for (var tt = 0u; tt < tiles; tt++) {
-                let theta = rope_theta(params.n_past + t0 + tt, i);
+                let theta = rope_theta(row_pos(t0 + tt), i);
                 let c = cos(theta);
                 let sn = sin(theta);
                 let v = values[s][tt];
@@ -48,7 +48,7 @@ fn epilogue(p: u32, t0: u32, tiles: u32, lid: u32) {
     // NEOX rotary pairs hold dimensions (i, i + N_ROT/2): the neighbours are across the two.
     let across = NEOX && 2u * m < N_ROT / 2u;
     for (var tt = 0u; tt < tiles; tt++) {
-        let pos = params.n_past + t0 + tt;
+        let slot = row_slot(t0 + tt);
         let a = values[0][tt];
         let b = values[1][tt];
         // Two neighbouring pairs (col, value, value) to store.
@@ -68,12 +68,12 @@ fn epilogue(p: u32, t0: u32, tiles: u32, lid: u32) {
             y[base + col.y + 1u] = hi.y;
         } else if (head < N_HEAD + N_KV_HEAD) {
             let c = (head - N_HEAD) * HEAD_DIM;
-            k_store2(pos, c + col.x, lo.x, lo.y);
-            k_store2(pos, c + col.y, hi.x, hi.y);
+            k_store2(slot, c + col.x, lo.x, lo.y);
+            k_store2(slot, c + col.y, hi.x, hi.y);
         } else {
             let c = (head - N_HEAD - N_KV_HEAD) * HEAD_DIM;
-            v_store2(pos, c + col.x, lo.x, lo.y);
-            v_store2(pos, c + col.y, hi.x, hi.y);
+            v_store2(slot, c + col.x, lo.x, lo.y);
+            v_store2(slot, c + col.y, hi.x, hi.y);
         }
     }
 }

@@ -1,5 +1,5 @@
 // Appends the step's keys and values (rows of KV_ROW values, heads of HEAD_DIM, a multiple of
-// 64) to a layer's Q8_0 cache at n_past + t: invocation x quantizes blocks 2x and 2x + 1 of token
+// 64) to a layer's Q8_0 cache, row t in slot row_slot(t): invocation x quantizes blocks 2x and 2x + 1 of token
 // t's row, which lie in one head, so the word of their two scales is its alone. A block's scale is its largest magnitude over 127 and its values round
 // half away from zero, as ggml's Q8_0.
 // The cache (bindings 3 and 4, u32) and its loaders come from kv/q8_0.wgsl.
@@ -46,7 +46,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let col = 64u * pair;
-    let row = kv_row_word(params.n_past + t, col);
+    let row = kv_row_word(row_slot(t), col);
     let d = col % HEAD_DIM;
     let at = t * KV_ROW + col;
     let kw = quantize_pair(0u, at);

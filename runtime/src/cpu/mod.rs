@@ -4,6 +4,7 @@ mod attention;
 pub mod dot;
 mod kernels;
 mod matmul;
+mod ops;
 
 use thiserror::Error;
 
@@ -11,6 +12,7 @@ use crate::batch::{Logits, SeqStep};
 use crate::plan::{Buf, Epilogue, Kernel, LoadedPlan, PartialsInto, MAX_STACKED_WEIGHTS};
 use crate::GgmlType;
 use dot::Packed;
+use ops::Operands;
 
 pub use matmul::{matmul_supports, MatMul, Part, MATMUL_TYPES};
 
@@ -656,145 +658,51 @@ impl<'p> Session<'p> {
         &self.arena.0[offset as usize / 4..][..rows * h.model.n_vocab as usize]
     }
 
-    /// Runs step `index` on the first `n_tokens` rows of its operands.
+    /// Runs step `index` on the first `n_tokens` rows of its operands: each kernel's CPU code is
+    /// the method of its name in `ops.rs`.
     fn run_step(&mut self, index: usize, n_tokens: usize) {
-        let plan = self.plan;
-        let step = &plan.header.steps[index];
-        let arena = self.arena.0.as_mut_ptr();
-        let arena_len = self.arena.0.len();
-        // SAFETY: `validate` checked that every arena operand of every step lies inside the arena
-        // for max_batch rows and that a step's output overlaps none of its inputs, so the output
-        // slice is the only mutable view and aliases nothing read here.
-        let read = |b: &Buf, len_per_row: usize| -> &[f32] {
-            match *b {
-                Buf::Arena { offset, .. } => unsafe {
-                    let start = offset as usize / 4;
-                    assert!(start + n_tokens * len_per_row <= arena_len);
-                    std::slice::from_raw_parts(arena.add(start), n_tokens * len_per_row)
-                },
-                Buf::Weight(_) => unreachable!("weights are read as bytes"),
-            }
-        };
-        let Buf::Arena {
-            offset: out_offset, ..
-        } = step.output
-        else {
-            unreachable!("validated")
-        };
-        let out_len = |per_row: usize| n_tokens * per_row;
-        let write = |per_row: usize| -> &mut [f32] {
-            let start = out_offset as usize / 4;
-            debug_assert!(start + out_len(per_row) <= arena_len);
-            unsafe { std::slice::from_raw_parts_mut(arena.add(start), out_len(per_row)) }
-        };
-        let weight_f32 = |b: &Buf| -> &[f32] {
-            let Buf::Weight(i) = *b else {
-                unreachable!("validated")
-            };
-            bytemuck::cast_slice(plan.weight(i))
-        };
-        let operand = |i: usize, per_row: usize| -> &[f32] {
-            match step.inputs[i] {
-                Buf::Weight(_) => weight_f32(&step.inputs[i]),
-                ref b => read(b, per_row),
-            }
-        };
-        match step.kernel {
-            Kernel::Embed { n, scale } => {
-                let Buf::Weight(table) = step.inputs[0] else {
-                    unreachable!("validated")
-                };
-                let info = &plan.header.weights[table as usize];
-                let row_bytes = info.ty.bytes_for(u64::from(n)).expect("validated") as usize;
-                let bytes = plan.weight(table);
-                // A table that is also the LM head may be stored packed for the head's product.
-                let packed = info.packed.then(|| {
-                    let rows = info.dims[1] as usize;
-                    Packed::new(info.ty, bytes, n as usize, rows).expect("validated")
-                });
-                let ids = read(&step.inputs[1], 1);
-                let out = write(n as usize);
-                for (id, row) in ids.iter().zip(out.chunks_exact_mut(n as usize)) {
-                    let id = id.to_bits() as usize;
-                    let stored = match packed {
-                        Some(p) => {
-                            let buf = &mut self.embed_row[..row_bytes];
-                            p.row_into(id, buf);
-                            &*buf
-                        }
-                        None => &bytes[id * row_bytes..][..row_bytes],
-                    };
-                    crate::quant::dequantize(info.ty, stored, row).expect("validated");
-                    if scale != 1.0 {
-                        // As the unfused scale step multiplied them.
-                        row.iter_mut().for_each(|v| *v *= scale);
-                    }
-                }
-            }
-            Kernel::RmsNorm { n, groups, eps } => {
-                let (per_row, n) = ((n * groups) as usize, n as usize);
-                let (x, w) = (read(&step.inputs[0], per_row), weight_f32(&step.inputs[1]));
-                par_rows(&self.matmul, write(per_row), n, |r, o| {
-                    kernels::rms_norm(&x[r.start * n..r.end * n], w, o, n, eps)
-                });
-            }
-            Kernel::MatMul { k, n } => {
-                let Buf::Weight(w) = step.inputs[1] else {
-                    unreachable!("validated")
-                };
-                let ty = plan.header.weights[w as usize].ty;
-                let x = read(&step.inputs[0], k as usize);
-                let y = write(n as usize);
-                let (k, n) = (k as usize, n as usize);
-                self.matmul.run(w as usize, ty, plan.weight(w), x, y, k, n);
-            }
+        let ops = Operands::new(self.plan, index, &mut self.arena.0, n_tokens);
+        match ops.step.kernel {
+            Kernel::Embed { n, scale } => self.embed(&ops, n, scale),
+            Kernel::RmsNorm { n, groups, eps } => self.rms_norm(&ops, n, groups, eps),
+            Kernel::MatMul { k, n } => self.matmul(&ops, k, n),
             Kernel::Add { n, broadcast } => kernels::binary(
-                read(&step.inputs[0], n as usize),
-                operand(1, n as usize),
-                write(n as usize),
+                ops.read(&ops.step.inputs[0], n as usize),
+                ops.operand(1, n as usize),
+                ops.write(n as usize),
                 n as usize,
                 broadcast,
                 |a, b| a + b,
             ),
             Kernel::Mul { n, broadcast } => kernels::binary(
-                read(&step.inputs[0], n as usize),
-                operand(1, n as usize),
-                write(n as usize),
+                ops.read(&ops.step.inputs[0], n as usize),
+                ops.operand(1, n as usize),
+                ops.write(n as usize),
                 n as usize,
                 broadcast,
                 |a, b| a * b,
             ),
             Kernel::Scale { n, factor } => {
-                for (o, &v) in write(n as usize)
+                for (o, &v) in ops
+                    .write(n as usize)
                     .iter_mut()
-                    .zip(read(&step.inputs[0], n as usize))
+                    .zip(ops.read(&ops.step.inputs[0], n as usize))
                 {
                     *o = v * factor;
                 }
             }
-            Kernel::Unary { n, op } => {
-                kernels::unary(read(&step.inputs[0], n as usize), write(n as usize), op)
-            }
+            Kernel::Unary { n, op } => kernels::unary(
+                ops.read(&ops.step.inputs[0], n as usize),
+                ops.write(n as usize),
+                op,
+            ),
             Kernel::Rope {
                 n_head,
                 head_dim,
                 n_rot,
                 base,
                 neox,
-            } => {
-                let per_row = (n_head * head_dim) as usize;
-                let table = self
-                    .rope
-                    .iter()
-                    .find(|t| t.base == base && t.n_rot == n_rot as usize)
-                    .expect("built at load");
-                let (x, out) = (read(&step.inputs[0], per_row), write(per_row));
-                for run in &self.runs {
-                    let rows = run.first_row * per_row..(run.first_row + run.len) * per_row;
-                    let (h, hd) = (n_head as usize, head_dim as usize);
-                    table.apply(&x[rows.clone()], &mut out[rows], h, hd, neox, run.start);
-                }
-            }
+            } => self.rope(&ops, n_head, head_dim, n_rot, base, neox),
             Kernel::Attention {
                 layer,
                 n_head,
@@ -803,30 +711,9 @@ impl<'p> Session<'p> {
                 scale,
                 window,
                 append,
-            } => {
-                let (hd, h) = (head_dim as usize, n_head as usize);
-                let lay = plan.header.kv.layers[layer as usize];
-                let kv_row = lay.row_len();
-                if append {
-                    let k_new = read(&step.inputs[1], kv_row);
-                    let v_new = read(&step.inputs[2], kv_row);
-                    let rows = k_new.chunks_exact(kv_row).zip(v_new.chunks_exact(kv_row));
-                    for (at, (k, v)) in self.rows.iter().zip(rows) {
-                        self.kv.store(lay.k_offset, hd, at.slot, k);
-                        self.kv.store(lay.v_offset, hd, at.slot, v);
-                    }
-                }
-                let q = read(&step.inputs[0], h * hd);
-                let heads = Heads {
-                    layer,
-                    n_head,
-                    n_kv_head,
-                    head_dim,
-                    scale,
-                    window,
-                };
-                self.attend(heads, q, write(h * hd));
-            }
+            } => self.attention(
+                &ops, layer, n_head, n_kv_head, head_dim, scale, window, append,
+            ),
             Kernel::AttentionProject {
                 layer,
                 n_head,
@@ -835,41 +722,7 @@ impl<'p> Session<'p> {
                 scale,
                 window,
                 n,
-            } => {
-                let heads = Heads {
-                    layer,
-                    n_head,
-                    n_kv_head,
-                    head_dim,
-                    scale,
-                    window,
-                };
-                let (h, n) = (n_head as usize, n as usize);
-                let k = h * head_dim as usize;
-                let q = read(&step.inputs[0], k);
-                let mut attended = std::mem::take(&mut self.attended);
-                self.attend(heads, q, &mut attended[..n_tokens * k]);
-                let Buf::Weight(w) = step.inputs[1] else {
-                    unreachable!("validated")
-                };
-                let ty = plan.header.weights[w as usize].ty;
-                let projected = &mut self.wide[..n_tokens * n];
-                let x = &attended[..n_tokens * k];
-                self.matmul
-                    .run(w as usize, ty, plan.weight(w), x, projected, k, n);
-                self.attended = attended;
-                // The whole projection is part 0 and the other parts are zero: they sum to what
-                // the GPU's per-head parts sum to, and adding zeros keeps every bit of the
-                // unfused result.
-                for (row, parts) in projected
-                    .chunks_exact(n)
-                    .zip(write(h * n).chunks_exact_mut(h * n))
-                {
-                    let (first, rest) = parts.split_at_mut(n);
-                    first.copy_from_slice(row);
-                    rest.fill(0.0);
-                }
-            }
+            } => self.attention_project(&ops, layer, n_head, n_kv_head, head_dim, scale, window, n),
             Kernel::FusedMatMul {
                 k,
                 n,
@@ -878,160 +731,7 @@ impl<'p> Session<'p> {
                 epilogue,
                 partials,
                 ..
-            } => {
-                let layout = step.kernel.fused_inputs().expect("a fused product");
-                let (k, n) = (k as usize, n as usize);
-                let parts_into = partials.map(|p| p.into);
-                let parts = |len: usize| {
-                    let count = partials.expect("called with parts").count as usize;
-                    let i = layout.parts.expect("validated");
-                    (read(&step.inputs[i], count * len), count)
-                };
-                let weights_of = |w: &Buf| {
-                    let Buf::Weight(w) = *w else {
-                        unreachable!("validated")
-                    };
-                    let info = &plan.header.weights[w as usize];
-                    Part {
-                        id: w as usize,
-                        ty: info.ty,
-                        w: plan.weight(w),
-                        n: info.dims[1] as usize,
-                    }
-                };
-                let mut stacked = [weights_of(&step.inputs[1]); MAX_STACKED_WEIGHTS];
-                for (slot, i) in stacked.iter_mut().zip(layout.weights.clone()) {
-                    *slot = weights_of(&step.inputs[i]);
-                }
-                let stacked = &stacked[..layout.weights.len()];
-                let mut x = read(&step.inputs[0], k);
-                if let Some(eps) = post_norm {
-                    // The formed input `x + rmsnorm(y) * w`, y an operand or the sum of the parts.
-                    let y = match layout.post_y {
-                        Some(i) => read(&step.inputs[i], k),
-                        None => {
-                            let summed = &mut self.summed[..n_tokens * k];
-                            sum_parts_in_parallel(&self.matmul, parts(k), summed, k);
-                            summed
-                        }
-                    };
-                    let w = weight_f32(&step.inputs[layout.post_weight.expect("validated")]);
-                    let formed = match step.formed {
-                        Some(Buf::Arena { offset, .. }) => {
-                            let start = offset as usize / 4;
-                            assert!(start + n_tokens * k <= arena_len);
-                            // SAFETY: validated to overlap neither the inputs nor the output.
-                            unsafe {
-                                std::slice::from_raw_parts_mut(arena.add(start), n_tokens * k)
-                            }
-                        }
-                        _ => &mut self.formed[..n_tokens * k],
-                    };
-                    par_rows(&self.matmul, formed, k, |r, o| {
-                        let rows = r.start * k..r.end * k;
-                        kernels::post_norm_add(&x[rows.clone()], &y[rows], w, o, k, eps)
-                    });
-                    x = formed;
-                } else if parts_into == Some(PartialsInto::Input) {
-                    let summed = &mut self.summed[..n_tokens * k];
-                    add_parts_in_parallel(&self.matmul, x, parts(k), summed, k);
-                    x = summed;
-                }
-                if let Some(eps) = norm {
-                    let normed = &mut self.normed[..n_tokens * k];
-                    let w = weight_f32(&step.inputs[layout.norm_weight.expect("validated")]);
-                    par_rows(&self.matmul, normed, k, |r, o| {
-                        kernels::rms_norm(&x[r.start * k..r.end * k], w, o, k, eps)
-                    });
-                    x = normed;
-                }
-                let epilogue_input = layout.epilogue.map(|i| &step.inputs[i]);
-                match epilogue {
-                    Epilogue::Store => self.matmul.run_stacked(stacked, x, write(n), k),
-                    Epilogue::Add => {
-                        let y = write(n);
-                        self.matmul.run_stacked(stacked, x, y, k);
-                        let mut residual = read(epilogue_input.expect("validated"), n);
-                        if parts_into == Some(PartialsInto::Residual) {
-                            let summed = &mut self.summed[..n_tokens * n];
-                            add_parts_in_parallel(&self.matmul, residual, parts(n), summed, n);
-                            residual = summed;
-                        }
-                        par_rows(&self.matmul, y, n, |r, o| {
-                            for (o, &r) in o.iter_mut().zip(&residual[r.start * n..r.end * n]) {
-                                // r + o, as the unfused add computed it (addition commutes
-                                // exactly).
-                                *o += r;
-                            }
-                        });
-                    }
-                    Epilogue::Glu(op) => {
-                        let wide = &mut self.wide[..n_tokens * n];
-                        self.matmul.run_stacked(stacked, x, wide, k);
-                        let wide = &*wide;
-                        let m = n / 2;
-                        par_rows(&self.matmul, write(m), m, |r, out| {
-                            for (t, o) in r.zip(out.chunks_exact_mut(m)) {
-                                let (gate, up) = wide[t * n..(t + 1) * n].split_at(m);
-                                kernels::glu(gate, up, o, op);
-                            }
-                        });
-                    }
-                    Epilogue::RopeKv {
-                        layer,
-                        n_head,
-                        n_kv_head,
-                        head_dim,
-                        n_rot,
-                        base,
-                        neox,
-                        bias,
-                        qk_norm,
-                    } => {
-                        let wide = &mut self.wide[..n_tokens * n];
-                        self.matmul.run_stacked(stacked, x, wide, k);
-                        if bias {
-                            let b = weight_f32(epilogue_input.expect("validated"));
-                            for row in wide.chunks_exact_mut(n) {
-                                for (v, &b) in row.iter_mut().zip(b) {
-                                    *v += b;
-                                }
-                            }
-                        }
-                        let (hd, h, hkv) = (head_dim as usize, n_head as usize, n_kv_head as usize);
-                        let (q_len, kv_len) = (h * hd, hkv * hd);
-                        if let Some(eps) = qk_norm {
-                            let at = layout.qk_norm.expect("validated");
-                            let (wq, wk) = (
-                                weight_f32(&step.inputs[at]),
-                                weight_f32(&step.inputs[at + 1]),
-                            );
-                            for row in wide.chunks_exact_mut(n) {
-                                let (q, kv) = row.split_at_mut(q_len);
-                                kernels::rms_norm_in_place(q, wq, hd, eps);
-                                kernels::rms_norm_in_place(&mut kv[..kv_len], wk, hd, eps);
-                            }
-                        }
-                        let table = self
-                            .rope
-                            .iter()
-                            .find(|t| t.base == base && t.n_rot == n_rot as usize)
-                            .expect("built at load");
-                        let lay = plan.header.kv.layers[layer as usize];
-                        let out = write(q_len);
-                        let rotated = &mut self.rotated[..kv_len];
-                        for (t, (row, at)) in wide.chunks_exact(n).zip(&self.rows).enumerate() {
-                            let (q, kv) = row.split_at(q_len);
-                            let (k_new, v_new) = kv.split_at(kv_len);
-                            let pos = at.pos;
-                            table.apply(q, &mut out[t * q_len..][..q_len], h, hd, neox, pos);
-                            table.apply(k_new, rotated, hkv, hd, neox, pos);
-                            self.kv.store(lay.k_offset, hd, at.slot, rotated);
-                            self.kv.store(lay.v_offset, hd, at.slot, v_new);
-                        }
-                    }
-                }
-            }
+            } => self.fused_matmul(&ops, k, n, post_norm, norm, epilogue, partials),
         }
     }
 

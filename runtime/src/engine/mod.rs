@@ -27,12 +27,31 @@ pub trait BatchEvaluator {
     fn step(&mut self, seqs: &[SeqStep]) -> Result<&[f32], EvalError>;
 }
 
+/// A backend lent to an engine: several engines in turn can share one loaded session.
+impl<B: BatchEvaluator + ?Sized> BatchEvaluator for &mut B {
+    fn header(&self) -> &PlanHeader {
+        (**self).header()
+    }
+    fn step(&mut self, seqs: &[SeqStep]) -> Result<&[f32], EvalError> {
+        (**self).step(seqs)
+    }
+}
+
 impl BatchEvaluator for crate::cpu::Session<'_> {
     fn header(&self) -> &PlanHeader {
         self.plan_header()
     }
     fn step(&mut self, seqs: &[SeqStep]) -> Result<&[f32], EvalError> {
         crate::cpu::Session::step(self, seqs)
+    }
+}
+
+impl BatchEvaluator for crate::gpu::GpuSession<'_> {
+    fn header(&self) -> &PlanHeader {
+        self.plan_header()
+    }
+    fn step(&mut self, seqs: &[SeqStep]) -> Result<&[f32], EvalError> {
+        crate::gpu::GpuSession::step(self, seqs)
     }
 }
 

@@ -1,9 +1,9 @@
 //! The GPU backend: replays the plan's GPU section on wgpu (Vulkan, Metal, DX12).
 //!
 //! Everything is created once, at load: weight buffers (uploaded once), the arena, the KV cache,
-//! every pipeline and every bind group. A step of n tokens is then one small parameter write, one
-//! command encoder with one compute pass holding all dispatches, one submit, and a read back of
-//! the logits.
+//! every pipeline and every bind group. A step of n tokens is then one small parameter write (and,
+//! for a step of several sequences, one of their page tables), one command encoder with one
+//! compute pass holding all dispatches, one submit, and a read back of the logits.
 
 use std::num::NonZeroU64;
 
@@ -76,6 +76,16 @@ pub struct GpuSession<'p> {
     device: wgpu::Device,
     queue: wgpu::Queue,
     params: wgpu::Buffer,
+    /// The per-step parameters as written: the header, then each row's position, slot and
+    /// page-table start.
+    params_words: Vec<u32>,
+    /// The step's page tables, and a staging copy; `identity_pages` says whether the buffer holds
+    /// the single-sequence table (position p in slot p) at entry 0.
+    pages: wgpu::Buffer,
+    page_words: Vec<u32>,
+    identity_pages: bool,
+    /// A step's wanted logits rows, as runs (first row, rows): at most one per sequence.
+    wanted_runs: Vec<(usize, usize)>,
     arena: wgpu::Buffer,
     readback: wgpu::Buffer,
     candidates: wgpu::Buffer,
@@ -152,6 +162,11 @@ impl<'p> GpuSession<'p> {
                 req.storage_buffers_per_stage.into(),
                 have.max_storage_buffers_per_shader_stage.into(),
             ),
+            (
+                "max_uniform_buffer_binding_size",
+                req.uniform_binding_bytes,
+                have.max_uniform_buffer_binding_size,
+            ),
         ];
         for (name, need, got) in checks {
             if need > got {
@@ -176,6 +191,7 @@ impl<'p> GpuSession<'p> {
             max_buffer_size: req.max_buffer_bytes.max(1 << 28),
             max_storage_buffers_per_shader_stage: req.storage_buffers_per_stage.max(8),
             max_compute_workgroups_per_dimension: req.max_workgroups_per_dimension.max(65535),
+            max_uniform_buffer_binding_size: req.uniform_binding_bytes.max(16384),
             ..wgpu::Limits::downlevel_defaults().using_resolution(have.clone())
         };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
@@ -188,7 +204,14 @@ impl<'p> GpuSession<'p> {
 
         use wgpu::BufferUsages as U;
         let storage = U::STORAGE | U::COPY_DST | U::COPY_SRC;
-        let params = buffer(&device, "params", 16, U::UNIFORM | U::COPY_DST);
+        let params_bytes = h.limits.gpu_params_bytes();
+        let params = buffer(&device, "params", params_bytes, U::UNIFORM | U::COPY_DST);
+        let pages = buffer(
+            &device,
+            "page tables",
+            h.limits.gpu_page_table_bytes(),
+            U::STORAGE | U::COPY_DST,
+        );
         let arena = buffer(&device, "arena", h.arena.bytes, storage);
         let kv = buffer(&device, "kv cache", h.kv.bytes, storage);
         let logits_len = h.limits.max_batch as usize * h.model.n_vocab as usize;
@@ -304,6 +327,7 @@ impl<'p> GpuSession<'p> {
                     GpuBinding::Arena { offset, size } => (&arena, offset, size),
                     GpuBinding::Kv { offset, size } => (&kv, offset, size),
                     GpuBinding::Candidates { offset, size } => (&candidates, offset, size),
+                    GpuBinding::Pages { offset, size } => (&pages, offset, size),
                 };
                 if offset + size > buf.size() {
                     return Err(GpuError::Runtime {
@@ -346,6 +370,11 @@ impl<'p> GpuSession<'p> {
             device,
             queue,
             params,
+            params_words: vec![0; params_bytes as usize / 4],
+            pages,
+            page_words: vec![0; h.limits.gpu_page_table_bytes() as usize / 4],
+            identity_pages: false,
+            wanted_runs: Vec::with_capacity(h.limits.max_seqs as usize),
             arena,
             readback,
             candidates,
@@ -357,6 +386,11 @@ impl<'p> GpuSession<'p> {
             n_past: 0,
             last_step: StepStats::default(),
         })
+    }
+
+    /// The plan's header.
+    pub fn plan_header(&self) -> &'p crate::plan::PlanHeader {
+        &self.plan.header
     }
 
     pub fn n_past(&self) -> usize {
@@ -427,26 +461,137 @@ impl<'p> GpuSession<'p> {
         Ok(f64::from(f32::from_bits(words[2 * k])))
     }
 
-    /// Records and submits one step: all dispatches in one pass, then what is wanted of the
-    /// logits copied to the readback buffer. Returns the bytes to read back.
+    /// One step of the single sequence, whose positions are its cache slots. Returns the bytes
+    /// to read back.
     fn run(&mut self, tokens: &[u32], wanted: Wanted) -> Result<u64, EvalError> {
         let h = &self.plan.header;
         crate::cpu::check_step(h, self.n_past, tokens)?;
-        let encode_start = std::time::Instant::now();
-        let n = tokens.len();
-        let Buf::Arena { offset: ids_at, .. } = h.token_ids else {
+        if !self.identity_pages {
+            let pps = h.limits.pages_per_sequence() as usize;
+            for (i, w) in self.page_words[..pps].iter_mut().enumerate() {
+                *w = i as u32;
+            }
+            let words = &self.page_words[..pps];
+            self.queue
+                .write_buffer(&self.pages, 0, bytemuck::cast_slice(words));
+            self.identity_pages = true;
+        }
+        for t in 0..tokens.len() {
+            let pos = (self.n_past + t) as u32;
+            self.params_words[4 + 4 * t..][..4].copy_from_slice(&[pos, pos, 0, 0]);
+        }
+        self.queue
+            .write_buffer(&self.arena, self.ids_offset(), bytemuck::cast_slice(tokens));
+        let bytes = self.submit(tokens.len(), 1, wanted, &[])?;
+        self.n_past += tokens.len();
+        Ok(bytes)
+    }
+
+    fn ids_offset(&self) -> u64 {
+        let Buf::Arena { offset, .. } = self.plan.header.token_ids else {
             unreachable!("validated")
         };
-        self.queue
-            .write_buffer(&self.arena, ids_at, bytemuck::cast_slice(tokens));
+        offset
+    }
+
+    /// Evaluates one step of several sequences (each with its own positions and page table,
+    /// [`crate::batch::check`]ed) and returns the wanted logits rows, sequence after sequence. The
+    /// logits step runs on the rows from the first wanted one; only the wanted rows are read
+    /// back.
+    pub fn step(&mut self, seqs: &[crate::batch::SeqStep]) -> Result<&[f32], EvalError> {
+        use crate::batch::Logits;
+        let h = &self.plan.header;
+        crate::batch::check(h, seqs)?;
+        let (page, pps) = (
+            h.limits.page_tokens as usize,
+            h.limits.pages_per_sequence() as usize,
+        );
+        let n: usize = seqs.iter().map(|s| s.tokens.len()).sum();
+        let ids_at = self.ids_offset();
+        // The rows whose logits are wanted, as runs (first row, rows).
+        let mut runs = std::mem::take(&mut self.wanted_runs);
+        runs.clear();
+        let mut wanted_rows = 0;
+        let mut row = 0;
+        for (i, s) in seqs.iter().enumerate() {
+            let table = i * pps;
+            let entries = s.pages.len().min(pps);
+            self.page_words[table..table + entries].copy_from_slice(&s.pages[..entries]);
+            for (t, _) in s.tokens.iter().enumerate() {
+                let pos = s.start + t;
+                let slot = s.pages[pos / page] as usize * page + pos % page;
+                self.params_words[4 + 4 * (row + t)..][..4].copy_from_slice(&[
+                    pos as u32,
+                    slot as u32,
+                    table as u32,
+                    0,
+                ]);
+            }
+            self.queue.write_buffer(
+                &self.arena,
+                ids_at + 4 * row as u64,
+                bytemuck::cast_slice(s.tokens),
+            );
+            let len = s.tokens.len();
+            let (first, count) = match s.logits {
+                Logits::None => (row, 0),
+                Logits::Last => (row + len - 1, 1),
+                Logits::All => (row, len),
+            };
+            if count > 0 {
+                match runs.last_mut() {
+                    Some(last) if last.0 + last.1 == first => last.1 += count,
+                    _ => runs.push((first, count)),
+                }
+                wanted_rows += count;
+            }
+            row += len;
+        }
+        let used = seqs.len() * pps;
+        self.queue.write_buffer(
+            &self.pages,
+            0,
+            bytemuck::cast_slice(&self.page_words[..used]),
+        );
+        self.identity_pages = false;
+        let wanted = if wanted_rows == 0 {
+            Wanted::Nothing
+        } else {
+            Wanted::Rows
+        };
+        let submitted = self.submit(n, seqs.len(), wanted, &runs);
+        self.wanted_runs = runs;
+        match submitted? {
+            0 => Ok(&[]),
+            bytes => self.read_logits(bytes),
+        }
+    }
+
+    /// Records and submits one step of `n` rows whose metadata is in `params_words`: all
+    /// dispatches in one pass, then what is wanted of the logits copied to the readback buffer
+    /// (with `Wanted::Rows`, the `rows` runs, one after another). Returns the bytes to read back.
+    fn submit(
+        &mut self,
+        n: usize,
+        n_seqs: usize,
+        wanted: Wanted,
+        rows: &[(usize, usize)],
+    ) -> Result<u64, EvalError> {
+        let h = &self.plan.header;
+        let encode_start = std::time::Instant::now();
         let (k, first_row) = match wanted {
             Wanted::AllRows | Wanted::Nothing => (0, 0),
+            // The logits step starts at the first wanted row.
+            Wanted::Rows => (0, rows.first().map_or(0, |r| r.0 as u32)),
             Wanted::LastRow => (0, n as u32 - 1),
             Wanted::TopK(k) => (k, n as u32 - 1),
         };
-        let params = [n as u32, self.n_past as u32, k, first_row];
-        self.queue
-            .write_buffer(&self.params, 0, bytemuck::cast_slice(&params));
+        self.params_words[..4].copy_from_slice(&[n as u32, n_seqs as u32, k, first_row]);
+        self.queue.write_buffer(
+            &self.params,
+            0,
+            bytemuck::cast_slice(&self.params_words[..4 + 4 * n]),
+        );
         let mut encoder = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -495,10 +640,19 @@ impl<'p> GpuSession<'p> {
                 encoder.copy_buffer_to_buffer(&self.arena, from, &self.readback, 0, bytes);
                 bytes
             }
+            Wanted::Rows => {
+                let mut to = 0;
+                for &(first, count) in rows {
+                    let from = logits_at + first as u64 * row_bytes;
+                    let bytes = count as u64 * row_bytes;
+                    encoder.copy_buffer_to_buffer(&self.arena, from, &self.readback, to, bytes);
+                    to += bytes;
+                }
+                to
+            }
             Wanted::Nothing => 0,
         };
         self.queue.submit([encoder.finish()]);
-        self.n_past += n;
         self.last_step = StepStats {
             submits: 1,
             compute_passes: 1,
@@ -514,6 +668,8 @@ impl<'p> GpuSession<'p> {
 #[derive(Clone, Copy)]
 enum Wanted {
     AllRows,
+    /// Every row computed, some runs of them read back.
+    Rows,
     LastRow,
     /// The last row's k best candidates and its log-sum-exp.
     TopK(u32),

@@ -144,6 +144,12 @@ pub enum GpuBinding {
         offset: u64,
         size: u64,
     },
+    /// The step's page tables, which the attention kernels read positions through: each
+    /// sequence's [`Limits::pages_per_sequence`] entries after the one before.
+    Pages {
+        offset: u64,
+        size: u64,
+    },
 }
 
 /// What a device must offer to run the GPU form.
@@ -159,6 +165,8 @@ pub struct GpuRequirements {
     pub storage_buffers_per_stage: u32,
     /// Binding offsets are multiples of this.
     pub offset_alignment: u64,
+    /// The per-step parameters' uniform binding ([`Limits::gpu_params_bytes`]).
+    pub uniform_binding_bytes: u64,
 }
 
 /// What the model is, for display and for checks at the edges (vocabulary size, special ids).
@@ -261,6 +269,22 @@ impl Limits {
     /// Most tokens one sequence can hold: its context, or the whole pool if that is smaller.
     pub fn sequence_tokens(&self) -> u32 {
         self.ctx.min(self.kv_tokens)
+    }
+
+    /// Entries of one sequence's page table: pages for its whole context.
+    pub fn pages_per_sequence(&self) -> u32 {
+        self.ctx.div_ceil(self.page_tokens.max(1))
+    }
+
+    /// Bytes of the GPU's per-step parameters: a 16-byte header, then 16 bytes per row (its
+    /// position, cache slot and page-table start).
+    pub fn gpu_params_bytes(&self) -> u64 {
+        16 + 16 * u64::from(self.max_batch)
+    }
+
+    /// Bytes of the GPU's page-table buffer: every sequence of a step's table.
+    pub fn gpu_page_table_bytes(&self) -> u64 {
+        4 * u64::from(self.max_seqs) * u64::from(self.pages_per_sequence())
     }
 }
 
