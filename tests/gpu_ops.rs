@@ -221,12 +221,12 @@ impl Builder {
                 n_ctx_train: ctx,
                 chat_template: None,
             },
-            // One page holding the whole context: the single-sequence layout.
+            // The single-sequence layout: the pool is the context, in pages of a power of two.
             limits: Limits {
                 ctx,
                 max_batch: self.max_batch,
                 kv_tokens: ctx,
-                page_tokens: ctx,
+                page_tokens: ctx & ctx.wrapping_neg(),
                 max_seqs: 1,
             },
             activations: Activations::F32,

@@ -139,16 +139,18 @@ pub struct Queries<'a> {
     /// Positions a token sees: its own and up to `window - 1` before it (`None`: all).
     pub window: Option<usize>,
     pub scale: f32,
-    /// The sequence's page table, and tokens per page.
+    /// The sequence's page table, and log2 of the tokens per page (a power of two, so that
+    /// finding a position's slot, once per cached row read, costs a shift and a mask).
     pub pages: &'a [u32],
-    pub page_tokens: usize,
+    pub page_shift: u32,
 }
 
 impl Queries<'_> {
     /// The cache slot of position `pos`.
     #[inline(always)]
     fn slot(&self, pos: usize) -> usize {
-        self.pages[pos / self.page_tokens] as usize * self.page_tokens + pos % self.page_tokens
+        let mask = (1 << self.page_shift) - 1;
+        ((self.pages[pos >> self.page_shift] as usize) << self.page_shift) | (pos & mask)
     }
 
     /// The positions token `t` (of the step) sees.
@@ -723,7 +725,7 @@ mod tests {
             window: None,
             scale: 1.0,
             pages: &IDENTITY,
-            page_tokens: PAGE,
+            page_shift: PAGE.trailing_zeros(),
         };
         attend(&cache, kv, queries, &|_, _| &q, &mut scratch);
         let e = 1f32.exp();
@@ -765,7 +767,7 @@ mod tests {
                         window,
                         scale: 0.3,
                         pages: &IDENTITY,
-                        page_tokens: PAGE,
+                        page_shift: PAGE.trailing_zeros(),
                     };
                     attend(&cache, kv, queries, &query, &mut together);
                     for t in 0..tokens {
@@ -816,7 +818,7 @@ mod tests {
                 window: None,
                 scale: 0.125,
                 pages: &IDENTITY,
-                page_tokens: PAGE,
+                page_shift: PAGE.trailing_zeros(),
             };
             attend(&cache, kv, queries, &|_, _| &q, &mut scratch);
             let row = |offset: u64, j: usize| {
@@ -884,7 +886,7 @@ mod tests {
                 window: None,
                 scale: 0.125,
                 pages,
-                page_tokens: PAGE,
+                page_shift: PAGE.trailing_zeros(),
             };
             attend(cache, kv, queries, &|_, _| &q, &mut s);
             s.out[..hd].iter().map(|v| v.to_bits()).collect::<Vec<_>>()

@@ -759,7 +759,7 @@ impl<'p> Session<'p> {
             }
             unreachable!("fewer than {tiles} tiles")
         };
-        let page_tokens = self.plan.header.limits.page_tokens as usize;
+        let page_shift = self.plan.header.limits.page_tokens.trailing_zeros();
         let queries_of =
             |run: &Run, first_token: usize, tokens: usize, count: usize| attention::Queries {
                 first_token,
@@ -769,7 +769,7 @@ impl<'p> Session<'p> {
                 window: heads.window.map(|w| w as usize),
                 scale: heads.scale,
                 pages: &self.step_pages[run.pages.clone()],
-                page_tokens,
+                page_shift,
             };
         let kv_of = |kv_head: usize| attention::KvHead {
             k_offset: lay.k_offset,
@@ -879,7 +879,7 @@ fn validate(plan: &LoadedPlan) -> Result<(), LoadError> {
     if l.ctx == 0
         || l.max_batch == 0
         || l.max_seqs == 0
-        || l.page_tokens == 0
+        || !l.page_tokens.is_power_of_two()
         || l.kv_tokens == 0
         || !l.kv_tokens.is_multiple_of(l.page_tokens)
     {
