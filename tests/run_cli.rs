@@ -164,3 +164,83 @@ fn the_plan_stores_the_products_weights_packed_and_the_lookup_reads_them() {
         "norms stay plain"
     );
 }
+
+/// `llamart chat`: each stdin line is a user message; the first reply is what `llamart run`
+/// generates for the prompt the plan's chat template makes of the conversation, and the second
+/// turn answers with the first in its prompt.
+#[test]
+fn chat_renders_the_models_template_and_keeps_the_conversation() {
+    use std::io::Write;
+    let plan_path = plan();
+    let plan = llamart::plan::LoadedPlan::open(std::path::Path::new(&plan_path)).unwrap();
+    let source = plan.header.model.chat_template.clone().unwrap();
+    let template = llamart::chat::ChatTemplate::new(
+        &source,
+        "<|endoftext|>",
+        "<|endoftext|>",
+        llamart::chat::Clock::Now,
+    )
+    .unwrap();
+    let first = [llamart::chat::Message::new(
+        "user",
+        "What is the capital of France?",
+    )];
+    let rendered = template.render(&first, true).unwrap();
+    assert!(rendered.ends_with("<|im_start|>assistant\n"), "{rendered}");
+
+    let mut child = Command::new(bin("llamart"))
+        .args([
+            "chat",
+            &plan_path,
+            "--temp",
+            "0",
+            "-n",
+            "24",
+            "-t",
+            "2",
+            "--backend",
+            "cpu",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What is the capital of France?\n\nAnd of Germany?\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replies: Vec<&str> = stdout.lines().collect();
+    assert_eq!(replies.len(), 2, "one reply a non-empty line: {stdout:?}");
+    assert!(replies[1].contains("Berlin"), "{stdout:?}");
+
+    let (code, alone, stderr) = llamart(&[
+        "run",
+        &plan_path,
+        "-p",
+        &rendered,
+        "-n",
+        "24",
+        "--temp",
+        "0",
+        "-t",
+        "2",
+        "--backend",
+        "cpu",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(replies[0], alone.trim_end_matches('\n'));
+
+    let (code, _, stderr) = llamart(&["chat", &plan_path, "--top-p=2"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("top-p must be in [0, 1]"), "{stderr}");
+}

@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod bench;
+pub mod chat;
 pub mod cpu;
 pub mod engine;
 pub mod eval;

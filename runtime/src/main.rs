@@ -37,33 +37,30 @@ enum Command {
         /// Most tokens to generate.
         #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
         n_predict: usize,
-        /// Sampling temperature; 0 is greedy.
-        #[arg(long = "temp", default_value_t = 0.8)]
-        temperature: f32,
-        #[arg(long = "top-k", default_value_t = 40)]
-        top_k: usize,
-        #[arg(long = "top-p", default_value_t = 0.95)]
-        top_p: f32,
-        #[arg(long = "min-p", default_value_t = 0.05)]
-        min_p: f32,
-        #[arg(long = "repeat-penalty", default_value_t = 1.0)]
-        repeat_penalty: f32,
-        #[arg(long = "frequency-penalty", default_value_t = 0.0)]
-        frequency_penalty: f32,
-        #[arg(long = "presence-penalty", default_value_t = 0.0)]
-        presence_penalty: f32,
-        /// Recent tokens the penalties consider.
-        #[arg(long = "repeat-last-n", default_value_t = 64)]
-        repeat_last_n: usize,
-        /// Random seed: the same seed gives the same text.
-        #[arg(long = "seed", default_value_t = 0x5eed)]
-        seed: u64,
+        #[command(flatten)]
+        sampling: SamplingArgs,
         /// Keep generating past end-of-generation tokens.
         #[arg(long)]
         ignore_eos: bool,
         /// Print one JSON object {"prompt_ids", "ids", "text", "timings"} instead of streaming.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        exec: Exec,
+    },
+    /// Chat in the terminal: each line read is a user message; the model's chat template (from
+    /// the plan) turns the conversation into its prompt, and the reply streams to stdout. Earlier
+    /// turns stay in the KV cache's pages and are not recomputed. End with Ctrl-D.
+    Chat {
+        plan: PathBuf,
+        /// A system message to start the conversation with.
+        #[arg(long)]
+        system: Option<String>,
+        /// Most tokens in one reply.
+        #[arg(short = 'n', long = "n-predict", default_value_t = 512)]
+        n_predict: usize,
+        #[command(flatten)]
+        sampling: SamplingArgs,
         #[command(flatten)]
         exec: Exec,
     },
@@ -137,6 +134,49 @@ enum Command {
     /// this of a child process.
     #[command(hide = true)]
     ProbeGpu,
+}
+
+#[derive(Args)]
+struct SamplingArgs {
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long = "temp", default_value_t = 0.8)]
+    temperature: f32,
+    #[arg(long = "top-k", default_value_t = 40)]
+    top_k: usize,
+    #[arg(long = "top-p", default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long = "min-p", default_value_t = 0.05)]
+    min_p: f32,
+    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    repeat_penalty: f32,
+    #[arg(long = "frequency-penalty", default_value_t = 0.0)]
+    frequency_penalty: f32,
+    #[arg(long = "presence-penalty", default_value_t = 0.0)]
+    presence_penalty: f32,
+    /// Recent tokens the penalties consider.
+    #[arg(long = "repeat-last-n", default_value_t = 64)]
+    repeat_last_n: usize,
+    /// Random seed: the same seed gives the same text.
+    #[arg(long = "seed", default_value_t = 0x5eed)]
+    seed: u64,
+}
+
+impl SamplingArgs {
+    fn params(&self) -> anyhow::Result<SamplingParams> {
+        let params = SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            penalty_last_n: self.repeat_last_n,
+            seed: self.seed,
+        };
+        params.validate().map_err(anyhow::Error::msg)?;
+        Ok(params)
+    }
 }
 
 /// Where to run: `auto` takes a hardware GPU when one is present (software adapters such as
@@ -216,6 +256,7 @@ impl GpuProbe {
     fn start(command: &Command) -> Self {
         let auto = match command {
             Command::Run { exec, .. }
+            | Command::Chat { exec, .. }
             | Command::Logits { exec, .. }
             | Command::Perplexity { exec, .. }
             | Command::Bench { exec, .. } => exec.backend == Backend::Auto,
@@ -343,31 +384,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             plan,
             prompt,
             n_predict,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repeat_penalty,
-            frequency_penalty,
-            presence_penalty,
-            repeat_last_n,
-            seed,
+            sampling,
             ignore_eos,
             json,
             exec,
         } => {
-            let params = SamplingParams {
-                temperature,
-                top_k,
-                top_p,
-                min_p,
-                repeat_penalty,
-                frequency_penalty,
-                presence_penalty,
-                penalty_last_n: repeat_last_n,
-                seed,
-            };
-            params.validate().map_err(anyhow::Error::msg)?;
+            let params = sampling.params()?;
             let model = load(&plan)?;
             let h = &model.plan.header;
             let (ctx, n_vocab) = (
@@ -445,6 +467,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             Ok(())
+        }
+        Command::Chat {
+            plan,
+            system,
+            n_predict,
+            sampling,
+            exec,
+        } => {
+            let params = sampling.params()?;
+            let model = load(&plan)?;
+            if uses_gpu(&exec, probe) {
+                chat(&model, gpu_session(&model)?, system, n_predict, params)
+            } else {
+                chat(
+                    &model,
+                    Session::new(&model.plan, exec.threads)?,
+                    system,
+                    n_predict,
+                    params,
+                )
+            }
         }
         Command::Tokenize {
             plan,
@@ -722,6 +765,81 @@ fn bench_parallel(
             ))
         ));
         out(&table)?;
+    }
+    Ok(())
+}
+
+/// `llamart chat`: a conversation read from stdin, one user message a line, through the engine,
+/// whose page cache keeps the earlier turns.
+fn chat<B: llamart::engine::BatchEvaluator>(
+    model: &Model,
+    backend: B,
+    system: Option<String>,
+    n_predict: usize,
+    sampling: SamplingParams,
+) -> anyhow::Result<()> {
+    use llamart::chat::{ChatTemplate, Clock, Message};
+    use llamart::engine::{Engine, Event, Request};
+    use std::io::{BufRead, IsTerminal};
+    let tok = &model.tokenizer;
+    let source = model.plan.header.model.chat_template.as_deref().context(
+        "the model has no chat template (tokenizer.chat_template): use `llamart run -p` instead",
+    )?;
+    let special = |id: Option<u32>| {
+        id.and_then(|i| tok.token_bytes(i).ok())
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default()
+    };
+    let bos = special(tok.bos());
+    let template = ChatTemplate::new(source, &bos, &special(tok.eos()), Clock::Now)?;
+    let limit = model.plan.header.limits.sequence_tokens() as usize;
+    let mut engine = Engine::new(backend);
+    let mut messages: Vec<Message> = system.iter().map(|s| Message::new("system", s)).collect();
+    let interactive = std::io::stdin().is_terminal();
+    let mut lines = std::io::stdin().lock().lines();
+    loop {
+        if interactive {
+            eprint!("> ");
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line.context("reading stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        messages.push(Message::new("user", &line));
+        let text = template.render(&messages, true)?;
+        // The template writes BOS itself where the model wants it; else the tokenizer adds it.
+        let add_bos = tok.add_bos() && (bos.is_empty() || !text.starts_with(&bos));
+        let prompt = tok.encode(&text, add_bos, true)?;
+        if prompt.len() >= limit {
+            bail!("the conversation is {} tokens, but the plan holds {limit} a sequence (compile with a larger --ctx)", prompt.len());
+        }
+        let mut detok = Detokenizer::new(tok);
+        let mut reply = String::new();
+        let mut open = true;
+        // As many tokens as the sequence has room for, at most.
+        let max_tokens = n_predict.min(limit + 1 - prompt.len());
+        engine.add(Request {
+            prompt,
+            sampling: sampling.clone(),
+            max_tokens,
+            stop_ids: tok.end_of_generation_ids().to_vec(),
+        })?;
+        engine.run_to_completion(|e| {
+            if let Event::Token(_, id) = e {
+                let piece = detok.push(id);
+                reply.push_str(&piece);
+                if open {
+                    open = out(&piece).unwrap_or(false);
+                }
+            }
+        })?;
+        let tail = detok.finish();
+        reply.push_str(&tail);
+        if open && !out(&(tail + "\n"))? {
+            break;
+        }
+        messages.push(Message::new("assistant", &reply));
     }
     Ok(())
 }

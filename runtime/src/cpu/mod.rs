@@ -169,6 +169,40 @@ struct Heads {
     window: Option<u32>,
 }
 
+impl Heads {
+    /// The heads of an attention kernel.
+    fn of(kernel: &Kernel) -> Heads {
+        match *kernel {
+            Kernel::Attention {
+                layer,
+                n_head,
+                n_kv_head,
+                head_dim,
+                scale,
+                window,
+                ..
+            }
+            | Kernel::AttentionProject {
+                layer,
+                n_head,
+                n_kv_head,
+                head_dim,
+                scale,
+                window,
+                ..
+            } => Heads {
+                layer,
+                n_head,
+                n_kv_head,
+                head_dim,
+                scale,
+                window,
+            },
+            _ => unreachable!("not an attention kernel"),
+        }
+    }
+}
+
 /// A slice that parallel items write in disjoint ranges (attention's head rows, pointwise
 /// steps' row ranges).
 struct Disjoint<'a> {
@@ -703,26 +737,12 @@ impl<'p> Session<'p> {
                 base,
                 neox,
             } => self.rope(&ops, n_head, head_dim, n_rot, base, neox),
-            Kernel::Attention {
-                layer,
-                n_head,
-                n_kv_head,
-                head_dim,
-                scale,
-                window,
-                append,
-            } => self.attention(
-                &ops, layer, n_head, n_kv_head, head_dim, scale, window, append,
-            ),
-            Kernel::AttentionProject {
-                layer,
-                n_head,
-                n_kv_head,
-                head_dim,
-                scale,
-                window,
-                n,
-            } => self.attention_project(&ops, layer, n_head, n_kv_head, head_dim, scale, window, n),
+            Kernel::Attention { append, .. } => {
+                self.attention(&ops, Heads::of(&ops.step.kernel), append)
+            }
+            Kernel::AttentionProject { n, .. } => {
+                self.attention_project(&ops, Heads::of(&ops.step.kernel), n)
+            }
             Kernel::FusedMatMul {
                 k,
                 n,

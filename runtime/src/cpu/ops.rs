@@ -173,21 +173,10 @@ impl<'p> Session<'p> {
     }
 
     /// [`Kernel::Attention`].
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn attention(
-        &mut self,
-        ops: &Operands<'p>,
-        layer: u32,
-        n_head: u32,
-        n_kv_head: u32,
-        head_dim: u32,
-        scale: f32,
-        window: Option<u32>,
-        append: bool,
-    ) {
+    pub(super) fn attention(&mut self, ops: &Operands<'p>, heads: Heads, append: bool) {
         let plan = self.plan;
-        let (hd, h) = (head_dim as usize, n_head as usize);
-        let lay = plan.header.kv.layers[layer as usize];
+        let (hd, h) = (heads.head_dim as usize, heads.n_head as usize);
+        let lay = plan.header.kv.layers[heads.layer as usize];
         let kv_row = lay.row_len();
         if append {
             let k_new = ops.read(&ops.step.inputs[1], kv_row);
@@ -199,41 +188,14 @@ impl<'p> Session<'p> {
             }
         }
         let q = ops.read(&ops.step.inputs[0], h * hd);
-        let heads = Heads {
-            layer,
-            n_head,
-            n_kv_head,
-            head_dim,
-            scale,
-            window,
-        };
         self.attend(heads, q, ops.write(h * hd));
     }
 
     /// [`Kernel::AttentionProject`].
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn attention_project(
-        &mut self,
-        ops: &Operands<'p>,
-        layer: u32,
-        n_head: u32,
-        n_kv_head: u32,
-        head_dim: u32,
-        scale: f32,
-        window: Option<u32>,
-        n: u32,
-    ) {
+    pub(super) fn attention_project(&mut self, ops: &Operands<'p>, heads: Heads, n: u32) {
         let plan = self.plan;
-        let heads = Heads {
-            layer,
-            n_head,
-            n_kv_head,
-            head_dim,
-            scale,
-            window,
-        };
-        let (h, n) = (n_head as usize, n as usize);
-        let k = h * head_dim as usize;
+        let (h, n) = (heads.n_head as usize, n as usize);
+        let k = h * heads.head_dim as usize;
         let q = ops.read(&ops.step.inputs[0], k);
         let mut attended = std::mem::take(&mut self.attended);
         self.attend(heads, q, &mut attended[..ops.n_tokens * k]);
