@@ -244,3 +244,42 @@ fn chat_renders_the_models_template_and_keeps_the_conversation() {
     assert_ne!(code, 0);
     assert!(stderr.contains("top-p must be in [0, 1]"), "{stderr}");
 }
+
+/// `--stop TEXT` ends the generation at the first TEXT, which is not printed; the text before it
+/// is what the free run printed.
+#[test]
+fn stop_text_ends_the_generation_and_is_not_printed() {
+    let plan = plan();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            &plan,
+            "-p",
+            "The capital of France is",
+            "-n",
+            "24",
+            "--temp",
+            "0",
+            "--json",
+            "-t",
+            "2",
+            "--backend",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        let (code, stdout, stderr) = llamart(&args);
+        assert_eq!(code, 0, "{stderr}");
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
+    };
+    let free = run(&[]);
+    let text = free["text"].as_str().unwrap().to_string();
+    // A stop string from the middle of the text, spanning a token boundary or inside a token.
+    let chars: Vec<char> = text.chars().collect();
+    assert!(chars.len() > 12, "{text:?}");
+    let stop: String = chars[6..10].iter().collect();
+    let stopped = run(&["--stop", &stop, "--stop", "never appears here"]);
+    let before = &text[..text.find(&stop).unwrap()];
+    assert_eq!(stopped["text"].as_str().unwrap(), before);
+    assert_eq!(stopped["timings"]["stop"], "stop");
+    assert!(ids_of(&stopped["ids"]).len() < ids_of(&free["ids"]).len());
+}

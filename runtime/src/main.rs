@@ -42,6 +42,10 @@ enum Command {
         /// Keep generating past end-of-generation tokens.
         #[arg(long)]
         ignore_eos: bool,
+        /// Stop when the text contains TEXT (repeatable); TEXT itself is not printed, even when it
+        /// arrives split across tokens.
+        #[arg(long = "stop", value_name = "TEXT")]
+        stop: Vec<String>,
         /// Print one JSON object {"prompt_ids", "ids", "text", "timings"} instead of streaming.
         #[arg(long)]
         json: bool,
@@ -325,12 +329,13 @@ fn generate_on_engine(
     n_predict: usize,
     stop_ids: Vec<u32>,
     on_token: &mut dyn FnMut(u32),
+    stopped: &std::cell::Cell<bool>,
 ) -> anyhow::Result<eval::Generated> {
     use llamart::engine::{Engine, Event, Finish, Request};
     let room = session.plan_header().limits.sequence_tokens() as usize + 1 - prompt.len();
     let max_tokens = n_predict.min(room);
     let mut engine = Engine::new(session);
-    engine.add(Request {
+    let id = engine.add(Request {
         prompt: prompt.to_vec(),
         sampling,
         max_tokens,
@@ -342,16 +347,21 @@ fn generate_on_engine(
         stop: "length",
         ..Default::default()
     };
-    engine.run_to_completion(|event| match event {
-        Event::Token(_, id) => {
-            first_token_at.get_or_insert_with(Instant::now);
-            out.ids.push(id);
-            on_token(id);
+    while engine.busy() {
+        engine.step(|event| match event {
+            Event::Token(_, id) => {
+                first_token_at.get_or_insert_with(Instant::now);
+                out.ids.push(id);
+                on_token(id);
+            }
+            Event::Finished(_, Finish::Stop) => out.stop = "eos",
+            Event::Finished(_, Finish::Length) if max_tokens < n_predict => out.stop = "context",
+            Event::Finished(_, Finish::Length) => {}
+        })?;
+        if stopped.get() {
+            engine.cancel(id);
         }
-        Event::Finished(_, Finish::Stop) => out.stop = "eos",
-        Event::Finished(_, Finish::Length) if max_tokens < n_predict => out.stop = "context",
-        Event::Finished(_, Finish::Length) => {}
-    })?;
+    }
     let end = Instant::now();
     let first = first_token_at.unwrap_or(end);
     out.prompt_seconds = (first - start).as_secs_f64();
@@ -386,6 +396,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             n_predict,
             sampling,
             ignore_eos,
+            stop,
             json,
             exec,
         } => {
@@ -406,13 +417,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut detok = Detokenizer::new(&model.tokenizer);
             let mut text = String::new();
             let mut open = true;
-            let mut on_token = |id| {
-                let piece = detok.push(id);
+            let mut stop_text = llamart::stop::StopText::new(stop);
+            let stopped = std::cell::Cell::new(false);
+            let mut emit = |piece: &str| {
                 if json {
-                    text.push_str(&piece);
+                    text.push_str(piece);
                 } else if open {
-                    open = out(&piece).unwrap_or(false);
+                    open = out(piece).unwrap_or(false);
                 }
+            };
+            let mut on_token = |id| {
+                let piece = stop_text.push(&detok.push(id));
+                stopped.set(stop_text.stopped());
+                emit(&piece);
             };
             let (load_seconds, result) = if uses_gpu(&exec, probe) {
                 let mut s = gpu_session(&model)?;
@@ -426,7 +443,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     ctx,
                     h.limits.max_batch as usize,
                     n_vocab,
-                    |id| !ignore_eos && model.tokenizer.is_end_of_generation(id),
+                    |id| stopped.get() || (!ignore_eos && model.tokenizer.is_end_of_generation(id)),
                     &mut on_token,
                 )?;
                 (load_seconds, result)
@@ -445,10 +462,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     n_predict,
                     stop_ids,
                     &mut on_token,
+                    &stopped,
                 )?;
                 (load_seconds, result)
             };
-            let tail = detok.finish();
+            let mut result = result;
+            if stopped.get() {
+                result.stop = "stop";
+            }
+            let tail = stop_text.push(&detok.finish()) + &stop_text.finish();
             let timings = json!({
                 "load_ms": load_seconds * 1e3,
                 "prompt_ms": result.prompt_seconds * 1e3,
