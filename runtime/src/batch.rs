@@ -28,17 +28,6 @@ pub enum Logits {
     All,
 }
 
-impl Logits {
-    /// Rows of logits for a share of `n` tokens.
-    pub fn rows(self, n: usize) -> usize {
-        match self {
-            Logits::None => 0,
-            Logits::Last => 1,
-            Logits::All => n,
-        }
-    }
-}
-
 /// The checks every backend makes before evaluating a step: sizes within the plan's limits,
 /// ids within the vocabulary, page tables that cover every position within the pool, and no
 /// page written by two sequences of the step.

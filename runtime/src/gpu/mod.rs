@@ -517,7 +517,7 @@ impl<'p> GpuSession<'p> {
             let table = i * pps;
             let entries = s.pages.len().min(pps);
             self.page_words[table..table + entries].copy_from_slice(&s.pages[..entries]);
-            for (t, _) in s.tokens.iter().enumerate() {
+            for t in 0..s.tokens.len() {
                 let pos = s.start + t;
                 let slot = s.pages[pos / page] as usize * page + pos % page;
                 self.params_words[4 + 4 * (row + t)..][..4].copy_from_slice(&[
