@@ -250,6 +250,7 @@ fn greedy(prompt: &[u32], max_tokens: usize) -> Request {
         sampling: SamplingParams::greedy(),
         max_tokens,
         stop_ids: Vec::new(),
+        logprobs: None,
     }
 }
 
@@ -270,7 +271,9 @@ fn run_all<B: BatchEvaluator>(
         step += 1;
         engine
             .step(|e| match e {
-                Event::Token(id, t) => out[ids.iter().position(|&i| i == id).unwrap()].0.push(t),
+                Event::Token { id, token, .. } => out[ids.iter().position(|&i| i == id).unwrap()]
+                    .0
+                    .push(token),
                 Event::Finished(id, f) => {
                     out[ids.iter().position(|&i| i == id).unwrap()].1 = Some(f)
                 }

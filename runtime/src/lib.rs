@@ -14,6 +14,7 @@ pub mod gpu;
 pub mod plan;
 pub mod quant;
 pub mod sampling;
+pub mod serve;
 pub mod stop;
 pub mod tokenizer;
 

@@ -68,6 +68,34 @@ enum Command {
         #[command(flatten)]
         exec: Exec,
     },
+    /// Serve an OpenAI-compatible HTTP API: POST /v1/chat/completions and /v1/completions
+    /// (streamed or not), GET /v1/models, /health (200 when ready, 503 while loading) and
+    /// /metrics (Prometheus). All requests share one engine: their sequences run in the same
+    /// steps. SIGINT or SIGTERM stops accepting, lets running requests finish (up to
+    /// --shutdown-grace seconds) and exits 0.
+    Serve {
+        plan: PathBuf,
+        /// Address to listen on; loopback unless told otherwise.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// Port to listen on (0: any free port; the address is printed on stderr).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Require `Authorization: Bearer KEY` on /v1 routes (default: $LLAMART_API_KEY if set).
+        #[arg(long, env = "LLAMART_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// Sequences that may wait beyond the plan's --max-seqs running ones; past that, 429.
+        #[arg(long, default_value_t = 256)]
+        max_queue: usize,
+        /// Largest request body accepted, in bytes (413 past it).
+        #[arg(long, default_value_t = 8 << 20)]
+        max_body: usize,
+        /// Seconds a shutdown lets running requests finish before ending them.
+        #[arg(long, default_value_t = 10)]
+        shutdown_grace: u64,
+        #[command(flatten)]
+        exec: Exec,
+    },
     /// Print the token ids of TEXT as a JSON array (with BOS when the model adds one).
     Tokenize {
         plan: PathBuf,
@@ -177,6 +205,7 @@ impl SamplingArgs {
             presence_penalty: self.presence_penalty,
             penalty_last_n: self.repeat_last_n,
             seed: self.seed,
+            logit_bias: Vec::new(),
         };
         params.validate().map_err(anyhow::Error::msg)?;
         Ok(params)
@@ -261,6 +290,7 @@ impl GpuProbe {
         let auto = match command {
             Command::Run { exec, .. }
             | Command::Chat { exec, .. }
+            | Command::Serve { exec, .. }
             | Command::Logits { exec, .. }
             | Command::Perplexity { exec, .. }
             | Command::Bench { exec, .. } => exec.backend == Backend::Auto,
@@ -340,6 +370,7 @@ fn generate_on_engine(
         sampling,
         max_tokens,
         stop_ids,
+        logprobs: None,
     })?;
     let start = Instant::now();
     let mut first_token_at = None;
@@ -349,7 +380,7 @@ fn generate_on_engine(
     };
     while engine.busy() {
         engine.step(|event| match event {
-            Event::Token(_, id) => {
+            Event::Token { token: id, .. } => {
                 first_token_at.get_or_insert_with(Instant::now);
                 out.ids.push(id);
                 on_token(id);
@@ -510,6 +541,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     params,
                 )
             }
+        }
+        Command::Serve {
+            plan,
+            host,
+            port,
+            api_key,
+            max_queue,
+            max_body,
+            shutdown_grace,
+            exec,
+        } => {
+            let threads = exec.threads;
+            llamart::serve::serve(llamart::serve::Config {
+                plan,
+                addr: std::net::SocketAddr::new(host, port),
+                api_key: api_key.filter(|k| !k.is_empty()),
+                max_queue,
+                max_body_bytes: max_body,
+                shutdown_grace: std::time::Duration::from_secs(shutdown_grace),
+                device: Box::new(move || {
+                    if uses_gpu(&exec, probe) {
+                        llamart::serve::Device::Gpu
+                    } else {
+                        llamart::serve::Device::Cpu { threads }
+                    }
+                }),
+            })
         }
         Command::Tokenize {
             plan,
@@ -846,9 +904,10 @@ fn chat<B: llamart::engine::BatchEvaluator>(
             sampling: sampling.clone(),
             max_tokens,
             stop_ids: tok.end_of_generation_ids().to_vec(),
+            logprobs: None,
         })?;
         engine.run_to_completion(|e| {
-            if let Event::Token(_, id) = e {
+            if let Event::Token { token: id, .. } = e {
                 let piece = detok.push(id);
                 reply.push_str(&piece);
                 if open {

@@ -22,6 +22,9 @@ pub struct SamplingParams {
     /// How many recent tokens the penalties look at.
     pub penalty_last_n: usize,
     pub seed: u64,
+    /// Added to the logits of these tokens before anything else (OpenAI's `logit_bias`: -100
+    /// bans a token, +100 all but forces it).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -36,6 +39,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             penalty_last_n: 64,
             seed: 0x5eed,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -59,6 +63,11 @@ impl SamplingParams {
             return Err(format!(
                 "temperature must be finite, got {}",
                 self.temperature
+            ));
+        }
+        if let Some((id, b)) = self.logit_bias.iter().find(|(_, b)| !b.is_finite()) {
+            return Err(format!(
+                "the logit bias of token {id} must be finite, got {b}"
             ));
         }
         if self.repeat_penalty <= 0.0 || !self.repeat_penalty.is_finite() {
@@ -129,7 +138,11 @@ impl Sampler {
     pub fn candidates_needed(&self) -> Option<usize> {
         let p = &self.params;
         let k = if p.temperature <= 0.0 { 1 } else { p.top_k };
-        if k == 0 || p.repeat_penalty < 1.0 || p.frequency_penalty < 0.0 || p.presence_penalty < 0.0
+        if k == 0
+            || p.repeat_penalty < 1.0
+            || p.frequency_penalty < 0.0
+            || p.presence_penalty < 0.0
+            || !p.logit_bias.is_empty()
         {
             return None;
         }
@@ -152,6 +165,11 @@ impl Sampler {
         self.candidates.clear();
         self.candidates
             .extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+        for &(id, bias) in &self.params.logit_bias {
+            if let Some(c) = self.candidates.get_mut(id as usize) {
+                c.1 += bias;
+            }
+        }
         self.pick()
     }
 
@@ -350,6 +368,33 @@ mod tests {
         assert_eq!(s.sample(&l), 1, "2.0 - 0.2 - 0.2 = 1.6 > 1.5");
         s.accept(1);
         assert_eq!(s.sample(&l), 2, "2.0 - 2 * 0.2 - 0.2 = 1.4 < 1.5");
+    }
+
+    #[test]
+    fn logit_bias_bans_and_forces_tokens() {
+        let l = logits();
+        let best = Sampler::new(SamplingParams::greedy(), 100).sample_once(&l);
+        let banned = SamplingParams {
+            logit_bias: vec![(best, -100.0)],
+            ..SamplingParams::greedy()
+        };
+        let mut s = Sampler::new(banned.clone(), 100);
+        assert_eq!(s.candidates_needed(), None, "a bias needs the whole row");
+        assert_ne!(s.sample(&l), best);
+        let forced = SamplingParams {
+            temperature: 1.0,
+            logit_bias: vec![(17, 100.0)],
+            ..Default::default()
+        };
+        let mut s = Sampler::new(forced, 100);
+        for _ in 0..20 {
+            assert_eq!(s.sample(&l), 17);
+        }
+        let bad = SamplingParams {
+            logit_bias: vec![(1, f32::NAN)],
+            ..banned
+        };
+        assert!(bad.validate().unwrap_err().contains("token 1"));
     }
 
     impl Sampler {

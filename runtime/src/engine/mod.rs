@@ -64,6 +64,9 @@ pub struct Request {
     pub max_tokens: usize,
     /// Tokens that end the generation (not emitted): the model's end-of-generation ids, say.
     pub stop_ids: Vec<u32>,
+    /// Report each generated token's log-probability and this many of the likeliest
+    /// alternatives' (under the model's distribution, before sampling's adjustments).
+    pub logprobs: Option<usize>,
 }
 
 pub type RequestId = u64;
@@ -77,12 +80,25 @@ pub enum Finish {
     Length,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Event {
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Event<'a> {
     /// The request's next token.
-    Token(RequestId, u32),
+    Token {
+        id: RequestId,
+        token: u32,
+        /// When the request asked for them.
+        logprobs: Option<Logprobs<'a>>,
+    },
     /// The request is done; its pages are let go.
     Finished(RequestId, Finish),
+}
+
+/// Natural-log probabilities of a generated token and of the likeliest tokens at its position.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Logprobs<'a> {
+    pub token: f32,
+    /// The likeliest first, ties by id.
+    pub top: &'a [(u32, f32)],
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -122,6 +138,7 @@ struct Sequence {
     sampler: Sampler,
     max_tokens: usize,
     stop_ids: Vec<u32>,
+    logprobs: Option<usize>,
     finished: Option<Finish>,
 }
 
@@ -224,6 +241,7 @@ impl<B: BatchEvaluator> Engine<B> {
             sampling,
             max_tokens,
             stop_ids,
+            logprobs,
         } = request;
         if prompt.is_empty() {
             return Err(RequestError::EmptyPrompt);
@@ -270,6 +288,7 @@ impl<B: BatchEvaluator> Engine<B> {
             sampler,
             max_tokens,
             stop_ids,
+            logprobs,
             finished: None,
         });
         Ok(id)
@@ -295,7 +314,7 @@ impl<B: BatchEvaluator> Engine<B> {
     /// the batch, admitting waiting requests while pages and room allow. Calls `on_event` for
     /// every token generated and every request finished. Returns the tokens evaluated (0 when
     /// there was nothing to do).
-    pub fn step(&mut self, mut on_event: impl FnMut(Event)) -> Result<usize, EvalError> {
+    pub fn step(&mut self, mut on_event: impl FnMut(Event<'_>)) -> Result<usize, EvalError> {
         // Nothing to generate: done before taking any memory.
         while let Some(i) = self.waiting.iter().position(|s| s.max_tokens == 0) {
             let s = self.waiting.remove(i).expect("found");
@@ -355,7 +374,22 @@ impl<B: BatchEvaluator> Engine<B> {
             }
             s.sampler.accept(next);
             s.tokens.push(next);
-            on_event(Event::Token(s.id, next));
+            let logprobs = s.logprobs.map(|k| {
+                let lse = crate::eval::log_sum_exp(logits);
+                crate::eval::top_logits_into(logits, k, &mut self.candidates);
+                for c in &mut self.candidates {
+                    c.1 = (f64::from(c.1) - lse) as f32;
+                }
+                Logprobs {
+                    token: (f64::from(logits[next as usize]) - lse) as f32,
+                    top: &self.candidates,
+                }
+            });
+            on_event(Event::Token {
+                id: s.id,
+                token: next,
+                logprobs,
+            });
             if s.generated() == s.max_tokens {
                 s.finished = Some(Finish::Length);
             }
@@ -386,7 +420,10 @@ impl<B: BatchEvaluator> Engine<B> {
     }
 
     /// Runs steps until every request is done.
-    pub fn run_to_completion(&mut self, mut on_event: impl FnMut(Event)) -> Result<(), EvalError> {
+    pub fn run_to_completion(
+        &mut self,
+        mut on_event: impl FnMut(Event<'_>),
+    ) -> Result<(), EvalError> {
         while self.busy() {
             self.step(&mut on_event)?;
         }
@@ -439,6 +476,10 @@ impl<B: BatchEvaluator> Engine<B> {
             let Some(mut s) = self.waiting.pop_front() else {
                 break;
             };
+            if self.prefix_in_progress(&s.tokens) {
+                self.waiting.push_front(s);
+                break;
+            }
             // Reuse whole cached pages of a shared prefix, keeping one token to evaluate.
             let reusable = (s.tokens.len() - 1) / page * page;
             self.pool.reuse_prefix(&s.tokens[..reusable], &mut s.pages);
@@ -466,6 +507,24 @@ impl<B: BatchEvaluator> Engine<B> {
             });
             budget -= len;
         }
+    }
+
+    /// Whether a running sequence is still computing whole pages that `tokens` (a waiting
+    /// request's) begins with: the request then waits for them to be registered and reuses them,
+    /// instead of computing the same keys and values beside them (n choices of one prompt, or
+    /// one system prompt sent by many clients at once).
+    fn prefix_in_progress(&self, tokens: &[u32]) -> bool {
+        let page = self.pool.page_tokens();
+        let reusable = (tokens.len() - 1) / page;
+        self.running.iter().any(|r| {
+            let common = tokens
+                .iter()
+                .zip(&r.tokens)
+                .take(reusable * page)
+                .take_while(|(a, b)| a == b)
+                .count();
+            common / page > r.registered
+        })
     }
 
     /// Lets go of a running sequence's pages and queues it first to be recomputed from its

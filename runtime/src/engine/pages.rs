@@ -60,6 +60,11 @@ impl PagePool {
         self.refs.iter().filter(|&&r| r > 0).count()
     }
 
+    /// Pages neither held nor cached.
+    pub fn free(&self) -> usize {
+        self.free.len()
+    }
+
     /// Pages that can be taken now: free ones and cached ones nobody holds.
     pub fn available(&self) -> usize {
         self.refs.iter().filter(|&&r| r == 0).count()

@@ -229,6 +229,11 @@ impl LoadedPlan {
         &self.map[start..start + w.bytes as usize]
     }
 
+    /// The content hash stored in (and checked against) the file: the plan's identity.
+    pub fn content_hash(&self) -> u128 {
+        u128::from_le_bytes(self.map[16..32].try_into().expect("16 bytes"))
+    }
+
     pub fn file_bytes(&self) -> u64 {
         self.map.len() as u64
     }
