@@ -245,6 +245,80 @@ fn chat_renders_the_models_template_and_keeps_the_conversation() {
     assert!(stderr.contains("top-p must be in [0, 1]"), "{stderr}");
 }
 
+/// `llamart chat`'s commands and Ctrl-C: SIGINT mid-answer stops that answer only; /system,
+/// /clear and /quit do what they say (the process ends on /quit with stdin still open).
+#[test]
+fn chat_commands_and_ctrl_c_stop_the_answer_not_the_program() {
+    use std::io::{Read, Write};
+    let mut child = Command::new(bin("llamart"))
+        .args([
+            "chat",
+            &plan(),
+            "--temp",
+            "0",
+            "-n",
+            "600",
+            "-t",
+            "2",
+            "--backend",
+            "cpu",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    stdin
+        .write_all(b"/system You count numbers.\nCount from 1 to 300, separated by commas.\n")
+        .unwrap();
+    let mut first = [0u8; 64];
+    assert!(stdout.read(&mut first).unwrap() > 0, "no reply began");
+    let interrupt = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupt.success());
+    stdin.write_all(b"/clear\nWhat is 2 + 2?\n/quit\n").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/quit did not end the chat"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    drop(stdin);
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    for notice in [
+        "(system message set)",
+        " [stopped]",
+        "(conversation cleared)",
+    ] {
+        assert!(
+            stderr.contains(notice),
+            "{notice:?} missing from {stderr:?}"
+        );
+    }
+    assert!(
+        rest.contains('4'),
+        "the question after Ctrl-C was answered: {rest:?}"
+    );
+}
+
 /// `--stop TEXT` ends the generation at the first TEXT, which is not printed; the text before it
 /// is what the free run printed.
 #[test]

@@ -54,7 +54,9 @@ enum Command {
     },
     /// Chat in the terminal: each line read is a user message; the model's chat template (from
     /// the plan) turns the conversation into its prompt, and the reply streams to stdout. Earlier
-    /// turns stay in the KV cache's pages and are not recomputed. End with Ctrl-D.
+    /// turns stay in the KV cache's pages and are not recomputed. Commands: /system TEXT, /clear,
+    /// /help, /quit (or Ctrl-D); Ctrl-C stops the current answer. Reads one message a line from
+    /// a pipe too.
     Chat {
         plan: PathBuf,
         /// A system message to start the conversation with.
@@ -849,8 +851,10 @@ fn bench_parallel(
     Ok(())
 }
 
+const CHAT_HELP: &str = "Commands: /system TEXT sets the system message, /clear starts over (keeping the system message), /help, /quit (or Ctrl-D). Ctrl-C stops the current answer.";
+
 /// `llamart chat`: a conversation read from stdin, one user message a line, through the engine,
-/// whose page cache keeps the earlier turns.
+/// whose page cache keeps the earlier turns. Replies go to stdout; prompts and notices to stderr.
 fn chat<B: llamart::engine::BatchEvaluator>(
     model: &Model,
     backend: B,
@@ -861,6 +865,8 @@ fn chat<B: llamart::engine::BatchEvaluator>(
     use llamart::chat::{ChatTemplate, Clock, Message};
     use llamart::engine::{Engine, Event, Request};
     use std::io::{BufRead, IsTerminal};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     let tok = &model.tokenizer;
     let source = model.plan.header.model.chat_template.as_deref().context(
         "the model has no chat template (tokenizer.chat_template): use `llamart run -p` instead",
@@ -874,8 +880,29 @@ fn chat<B: llamart::engine::BatchEvaluator>(
     let template = ChatTemplate::new(source, &bos, &special(tok.eos()), Clock::Now)?;
     let limit = model.plan.header.limits.sequence_tokens() as usize;
     let mut engine = Engine::new(backend);
-    let mut messages: Vec<Message> = system.iter().map(|s| Message::new("system", s)).collect();
+    let mut system = system;
+    let start = |system: &Option<String>| -> Vec<Message> {
+        system.iter().map(|s| Message::new("system", s)).collect()
+    };
+    let mut messages = start(&system);
     let interactive = std::io::stdin().is_terminal();
+    // Ctrl-C stops the answer being generated; at the prompt it only reminds how to leave.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let generating = Arc::new(AtomicBool::new(false));
+    {
+        let (interrupted, generating) = (interrupted.clone(), generating.clone());
+        ctrlc::set_handler(move || {
+            if generating.load(Ordering::SeqCst) {
+                interrupted.store(true, Ordering::SeqCst);
+            } else {
+                eprint!("\n(/quit or Ctrl-D to leave)\n> ");
+            }
+        })
+        .context("cannot install the Ctrl-C handler")?;
+    }
+    if interactive {
+        eprintln!("{CHAT_HELP}");
+    }
     let mut lines = std::io::stdin().lock().lines();
     loop {
         if interactive {
@@ -883,38 +910,72 @@ fn chat<B: llamart::engine::BatchEvaluator>(
         }
         let Some(line) = lines.next() else { break };
         let line = line.context("reading stdin")?;
+        let line = line.trim_end_matches('\r');
         if line.trim().is_empty() {
             continue;
         }
-        messages.push(Message::new("user", &line));
+        if let Some(command) = line.strip_prefix('/') {
+            let (name, arg) = command.split_once(' ').unwrap_or((command, ""));
+            match name {
+                "quit" | "exit" => break,
+                "help" => eprintln!("{CHAT_HELP}"),
+                "clear" => {
+                    messages = start(&system);
+                    eprintln!("(conversation cleared)");
+                }
+                "system" if !arg.trim().is_empty() => {
+                    system = Some(arg.trim().to_string());
+                    match messages.first_mut().filter(|m| m.role == "system") {
+                        Some(m) => m.content = arg.trim().to_string(),
+                        None => messages.insert(0, Message::new("system", arg.trim())),
+                    }
+                    eprintln!("(system message set)");
+                }
+                _ => eprintln!("unknown command /{command}. {CHAT_HELP}"),
+            }
+            continue;
+        }
+        messages.push(Message::new("user", line));
         let text = template.render(&messages, true)?;
         // The template writes BOS itself where the model wants it; else the tokenizer adds it.
         let add_bos = tok.add_bos() && (bos.is_empty() || !text.starts_with(&bos));
         let prompt = tok.encode(&text, add_bos, true)?;
         if prompt.len() >= limit {
-            bail!("the conversation is {} tokens, but the plan holds {limit} a sequence (compile with a larger --ctx)", prompt.len());
+            messages.pop();
+            eprintln!("the conversation is {} tokens, but the plan holds {limit} a sequence: /clear to start over (or compile with a larger --ctx)", prompt.len());
+            continue;
         }
         let mut detok = Detokenizer::new(tok);
         let mut reply = String::new();
         let mut open = true;
         // As many tokens as the sequence has room for, at most.
         let max_tokens = n_predict.min(limit + 1 - prompt.len());
-        engine.add(Request {
+        let id = engine.add(Request {
             prompt,
             sampling: sampling.clone(),
             max_tokens,
             stop_ids: tok.end_of_generation_ids().to_vec(),
             logprobs: None,
         })?;
-        engine.run_to_completion(|e| {
-            if let Event::Token { token: id, .. } = e {
-                let piece = detok.push(id);
-                reply.push_str(&piece);
-                if open {
-                    open = out(&piece).unwrap_or(false);
-                }
+        interrupted.store(false, Ordering::SeqCst);
+        generating.store(true, Ordering::SeqCst);
+        while engine.busy() {
+            if interrupted.load(Ordering::SeqCst) {
+                engine.cancel(id);
+                eprint!(" [stopped]");
+                break;
             }
-        })?;
+            engine.step(|e| {
+                if let Event::Token { token, .. } = e {
+                    let piece = detok.push(token);
+                    reply.push_str(&piece);
+                    if open {
+                        open = out(&piece).unwrap_or(false);
+                    }
+                }
+            })?;
+        }
+        generating.store(false, Ordering::SeqCst);
         let tail = detok.finish();
         reply.push_str(&tail);
         if open && !out(&(tail + "\n"))? {
