@@ -326,6 +326,35 @@ fn the_engine_matches_solo_runs_through_preemption_and_prefix_reuse() {
     }
 }
 
+/// Choices of one prompt added together share its pages: the later ones wait for the first to
+/// compute the prompt's whole pages and take them, instead of computing them beside it, and each
+/// still gets the tokens it gets alone.
+#[test]
+fn choices_of_one_prompt_wait_for_its_pages_and_share_them() {
+    let plan = plan(2048);
+    let text = text();
+    // Three whole pages and four tokens; the plan's batch (64) reads it in two steps.
+    let requests: Vec<Request> = (0..4)
+        .map(|seed| Request {
+            sampling: SamplingParams {
+                temperature: 0.9,
+                seed,
+                ..SamplingParams::default()
+            },
+            ..greedy(&text[..100], 8)
+        })
+        .collect();
+    let mut engine = Engine::new(Session::new(&plan, 2).unwrap());
+    let together = run_all(&mut engine, &requests, |_, _| {});
+    let stats = engine.stats();
+    assert_eq!(stats.tokens_reused, 3 * 96, "{stats:?}");
+    // The prompt once, the other choices' last four tokens, and 7 decode steps of each.
+    assert_eq!(stats.tokens_evaluated, 100 + 3 * 4 + 4 * 7, "{stats:?}");
+    for (i, r) in requests.iter().enumerate() {
+        assert_eq!(together[i].0, solo_tokens(&plan, r), "choice {i}");
+    }
+}
+
 /// Cancelling a request frees its pages at once and leaves the others' tokens as they were.
 #[test]
 fn cancelling_one_request_changes_no_other() {

@@ -83,6 +83,16 @@ ids = httpx.post(BASE + "/v1/completions", headers=AUTH,
                  json={"prompt": [1, 504, 3575, 282], "max_tokens": 4, "temperature": 0}).json()
 check("a prompt of token ids", ids["choices"][0]["text"] and ids["usage"]["prompt_tokens"] == 4, ids)
 
+# Emoji take several byte-level tokens each; every chunk still carries whole characters (the
+# last may hold U+FFFD when max_tokens cuts a character short).
+EMOJI = "1. \U0001F600 2. \U0001F603 3. \U0001F604 4."
+whole_u = client.completions.create(model=MODEL, prompt=EMOJI, max_tokens=16, temperature=0).choices[0].text
+pieces = [c.choices[0].text for c in client.completions.create(
+    model=MODEL, prompt=EMOJI, max_tokens=16, temperature=0, stream=True)]
+check("no chunk splits a character", "".join(pieces) == whole_u
+      and not any("\ufffd" in p for p in pieces[:-1]) and any(ord(ch) > 0xffff for ch in whole_u),
+      (pieces, whole_u))
+
 # --- Stop strings ----------------------------------------------------------------------------
 # Stop in the middle of what greedy decoding says: at a string that starts inside one token and
 # ends inside another.

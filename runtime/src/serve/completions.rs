@@ -45,29 +45,30 @@ pub(super) async fn chat(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let arrived = Instant::now();
-    let prepared = api::body(body).and_then(|body| {
-        let ready = state.ready()?;
-        let body = api::json(&body)?;
-        let (req, common) = (api::fields(&body)?, api::fields(&body)?);
-        prepare_chat(&ready, &req, &common, &state).map(|p| (ready, p))
-    });
-    match prepared {
-        Ok((ready, p)) => run(state, ready, p, arrived).await,
-        Err(e) => reject(&state, e),
-    }
+    handle(state, body, prepare_chat).await
 }
 
 pub(super) async fn completion(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    handle(state, body, prepare_completion).await
+}
+
+/// How an endpoint turns its request (and the fields both endpoints share) into a [`Prepared`].
+type Prepare<R> = fn(&Ready, &R, &Common, &AppState) -> Result<Prepared, ApiError>;
+
+async fn handle<R: serde::de::DeserializeOwned>(
+    state: Arc<AppState>,
+    body: Result<Bytes, BytesRejection>,
+    prepare: Prepare<R>,
+) -> Response {
     let arrived = Instant::now();
     let prepared = api::body(body).and_then(|body| {
         let ready = state.ready()?;
         let body = api::json(&body)?;
         let (req, common) = (api::fields(&body)?, api::fields(&body)?);
-        prepare_completion(&ready, &req, &common, &state).map(|p| (ready, p))
+        prepare(&ready, &req, &common, &state).map(|p| (ready, p))
     });
     match prepared {
         Ok((ready, p)) => run(state, ready, p, arrived).await,
@@ -294,67 +295,93 @@ fn prepared(
     })
 }
 
-/// Holds a request's place in the queue; gives it back when dropped.
-struct Seats<'a> {
-    state: &'a AppState,
-    n: usize,
+/// A request's place among the sequences running or waiting: given back, and the request's
+/// outcome counted, when dropped (a client that goes away drops it as `cancelled`).
+struct Admission {
+    state: Arc<AppState>,
+    seats: usize,
+    outcome: Option<Outcome>,
 }
 
-impl Drop for Seats<'_> {
+impl Admission {
+    fn take(state: &Arc<AppState>, seats: usize, max_seqs: usize) -> Result<Admission, ApiError> {
+        let capacity = max_seqs + state.max_queue;
+        if seats > capacity {
+            return Err(ApiError::invalid(
+                format!("the request asks for {seats} sequences (prompts x n), more than this server runs and queues at once ({capacity})"),
+                Some("n"),
+            ));
+        }
+        let before = state.in_flight.fetch_add(seats, Ordering::Relaxed);
+        if before + seats > capacity {
+            state.in_flight.fetch_sub(seats, Ordering::Relaxed);
+            return Err(ApiError::queue_full(format!(
+                "the queue is full: {before} sequences are running or waiting, at most {capacity} (--max-queue {} beyond the plan's {max_seqs} sequences); retry later",
+                state.max_queue
+            )));
+        }
+        Ok(Admission {
+            state: state.clone(),
+            seats,
+            outcome: None,
+        })
+    }
+
+    fn finish(mut self, outcome: Outcome) {
+        self.outcome = Some(outcome);
+    }
+
+    /// Ends the request with an error response.
+    fn refuse(mut self, e: ApiError) -> Response {
+        self.outcome = Some(if e.status.is_server_error() {
+            Outcome::failed
+        } else {
+            Outcome::rejected
+        });
+        e.into_response()
+    }
+}
+
+impl Drop for Admission {
     fn drop(&mut self) {
-        self.state.in_flight.fetch_sub(self.n, Ordering::Relaxed);
+        self.state
+            .in_flight
+            .fetch_sub(self.seats, Ordering::Relaxed);
+        self.state
+            .metrics
+            .count(self.outcome.unwrap_or(Outcome::cancelled));
     }
 }
 
 async fn run(state: Arc<AppState>, ready: Arc<Ready>, p: Prepared, arrived: Instant) -> Response {
-    let seats = p.job.choices();
-    let capacity = ready.max_seqs + state.max_queue;
-    let before = state.in_flight.fetch_add(seats, Ordering::Relaxed);
-    if before + seats > capacity {
-        state.in_flight.fetch_sub(seats, Ordering::Relaxed);
-        return reject(
-            &state,
-            ApiError::queue_full(format!(
-                "the queue is full: {before} sequences are running or waiting, at most {capacity} (--max-queue {} beyond the plan's {} sequences); retry later",
-                state.max_queue, ready.max_seqs
-            )),
-        );
-    }
+    let admission = match Admission::take(&state, p.job.choices(), ready.max_seqs) {
+        Ok(a) => a,
+        Err(e) => return reject(&state, e),
+    };
     let (tx, mut rx) = unbounded_channel();
     let prompt_tokens = p.prompt_tokens;
     let endpoint = p.endpoint;
     let stream = p.settings.stream;
     let logprobs = p.job.logprobs;
-    let ids = match state.send(Command::Submit {
+    if let Err(e) = state.send(Command::Submit {
         job: p.job,
         updates: tx,
     }) {
-        Err(e) => {
-            state.in_flight.fetch_sub(seats, Ordering::Relaxed);
-            return reject(&state, e);
+        return admission.refuse(e);
+    }
+    let ids = match rx.recv().await {
+        Some(Update::Accepted(ids)) => ids,
+        Some(Update::Rejected(e)) => {
+            let error = match e {
+                RequestError::TooLongForContext { .. } | RequestError::TooLongForPool { .. } => {
+                    ApiError::context_length(e.to_string(), "max_tokens")
+                }
+                _ => ApiError::invalid(e.to_string(), None),
+            };
+            return admission.refuse(error);
         }
-        Ok(()) => match rx.recv().await {
-            Some(Update::Accepted(ids)) => ids,
-            Some(Update::Rejected(e)) => {
-                state.in_flight.fetch_sub(seats, Ordering::Relaxed);
-                let error = match e {
-                    RequestError::TooLongForContext { .. }
-                    | RequestError::TooLongForPool { .. } => {
-                        ApiError::context_length(e.to_string(), "max_tokens")
-                    }
-                    _ => ApiError::invalid(e.to_string(), None),
-                };
-                return reject(&state, error);
-            }
-            Some(Update::Failed(m)) => {
-                state.in_flight.fetch_sub(seats, Ordering::Relaxed);
-                return reject(&state, ApiError::unavailable(m));
-            }
-            _ => {
-                state.in_flight.fetch_sub(seats, Ordering::Relaxed);
-                return reject(&state, ApiError::unavailable("the engine stopped"));
-            }
-        },
+        Some(Update::Failed(m)) => return admission.refuse(ApiError::unavailable(m)),
+        _ => return admission.refuse(ApiError::unavailable("the engine stopped")),
     };
     state.metrics.prompt_tokens.inc_by(prompt_tokens as u64);
     let header = Header {
@@ -381,33 +408,25 @@ async fn run(state: Arc<AppState>, ready: Arc<Ready>, p: Prepared, arrived: Inst
     if stream {
         let (events, out) = unbounded_channel::<Result<SseEvent, Infallible>>();
         tokio::spawn(async move {
-            let _seats = Seats {
-                state: &state,
-                n: seats,
-            };
             let outcome = job.stream(&state, &ready, rx, &events).await;
-            state.metrics.count(outcome);
+            admission.finish(outcome);
         });
         Sse::new(tokio_stream::wrappers::UnboundedReceiverStream::new(out))
             .keep_alive(KeepAlive::default())
             .into_response()
     } else {
-        let _seats = Seats {
-            state: &state,
-            n: seats,
-        };
         let mut run = job.start(&state, &ready);
         while !run.done() {
             match rx.recv().await {
                 Some(update) => {
                     if let Some(Step::Failed(m)) = run.apply(update) {
-                        return reject(&state, ApiError::unavailable(m));
+                        return admission.refuse(ApiError::unavailable(m));
                     }
                 }
-                None => return reject(&state, ApiError::unavailable("the engine stopped")),
+                None => return admission.refuse(ApiError::unavailable("the engine stopped")),
             }
         }
-        state.metrics.count(run.outcome());
+        admission.finish(run.outcome());
         Json(run.whole()).into_response()
     }
 }
@@ -457,9 +476,11 @@ enum Step {
         text: String,
         logprobs: usize,
     },
+    /// The choice's last text; `logprobs` as in `Delta`.
     Done {
         choice: usize,
         text: String,
+        logprobs: usize,
     },
     Failed(String),
 }
@@ -599,7 +620,11 @@ impl<'a> Run<'a> {
                 if c.stop.stopped() {
                     c.finish = Some("stop");
                     let _ = self.state.send(Command::Cancel(vec![self.g.ids[choice]]));
-                    return Some(Step::Done { choice, text });
+                    return Some(Step::Done {
+                        choice,
+                        text,
+                        logprobs: had,
+                    });
                 }
                 Some(Step::Delta {
                     choice,
@@ -624,7 +649,11 @@ impl<'a> Run<'a> {
                         Finish::Length => "length",
                     }
                 });
-                Some(Step::Done { choice, text })
+                Some(Step::Done {
+                    choice,
+                    text,
+                    logprobs: c.logprobs.len(),
+                })
             }
             Update::Failed(m) => Some(Step::Failed(m)),
             Update::Accepted(_) | Update::Rejected(_) => None,
@@ -685,14 +714,23 @@ impl<'a> Run<'a> {
                 };
                 self.chunk_value(choice, delta, lp, None)
             }
-            Step::Done { choice, ref text } => {
+            Step::Done {
+                choice,
+                ref text,
+                logprobs,
+            } => {
                 let finish = self.choices[choice].finish;
+                let lp = if logprobs < self.choices[choice].logprobs.len() {
+                    self.logprobs_json(choice, logprobs)
+                } else {
+                    Value::Null
+                };
                 let delta = match self.g.endpoint {
                     Endpoint::Chat if text.is_empty() => json!({}),
                     Endpoint::Chat => json!({"content": text}),
                     Endpoint::Completion => json!(text),
                 };
-                self.chunk_value(choice, delta, Value::Null, finish)
+                self.chunk_value(choice, delta, lp, finish)
             }
             Step::Failed(ref m) => ApiError::unavailable(m.clone()).body(),
         }

@@ -266,8 +266,13 @@ fn load_and_run(
         }
         Device::Gpu => {
             let session = crate::gpu::GpuSession::new(&plan)?;
+            let software = if session.adapter.software {
+                ", a software GPU: correct but slow"
+            } else {
+                ""
+            };
             announce(&format!(
-                "{} ({})",
+                "{} ({}{software})",
                 session.adapter.name, session.adapter.backend
             ));
             run_engine(session, ready, state, commands);
