@@ -251,6 +251,7 @@ fn greedy(prompt: &[u32], max_tokens: usize) -> Request {
         max_tokens,
         stop_ids: Vec::new(),
         logprobs: None,
+        constraint: None,
     }
 }
 

@@ -160,6 +160,25 @@ echoed = httpx.post(BASE + "/v1/completions", headers=AUTH, json={
     "prompt": PROMPT, "max_tokens": 1, "temperature": 0, "echo": True}).json()["choices"][0]["text"]
 check("echo puts the prompt first", echoed == PROMPT + first, echoed)
 
+# --- Structured output ------------------------------------------------------------------------
+PLACE = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+                                          "country": {"enum": ["FR", "DE", "IT"]}},
+         "required": ["city", "country"], "additionalProperties": False}
+for seed in (1, 2):
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Where is Paris? Answer as JSON."}], max_tokens=80,
+        temperature=0.7, seed=seed,
+        response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": PLACE, "strict": True}})
+    v = json.loads(r.choices[0].message.content)
+    check(f"response_format json_schema (seed {seed})", set(v) == {"city", "country"} and v["country"] in ("FR", "DE", "IT")
+          and r.choices[0].finish_reason == "stop", r.choices[0])
+r = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=80, temperature=0.7, seed=5,
+                                   response_format={"type": "json_object"})
+c = r.choices[0]
+# A small model may nest until max_tokens cuts it: then it is an object's beginning.
+check("response_format json_object", c.message.content.startswith("{") and
+      (c.finish_reason == "length" or isinstance(json.loads(c.message.content), dict)), c)
+
 # --- Errors ----------------------------------------------------------------------------------
 def error(status, body=None, raw=None, headers=AUTH, path="/v1/completions", method="POST"):
     r = httpx.request(method, BASE + path, headers=headers, json=body, content=raw, timeout=60)
@@ -203,6 +222,9 @@ try:
     check("the client sees 401", False)
 except openai.AuthenticationError:
     check("the client sees 401 as AuthenticationError", True)
+e = error(400, {"prompt": "hi", "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 5}}}})
+check("an unusable schema names response_format", e["param"] == "response_format" and "schema" in e["message"], e)
+error(400, {"prompt": "hi", "response_format": {"type": "xml"}})
 error(404, {"prompt": "hi"}, path="/v1/nothing")
 error(404, path="/nothing", method="GET")
 error(405, path="/v1/completions", method="GET")

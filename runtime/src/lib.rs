@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod bench;
 pub mod chat;
+pub mod constraint;
 pub mod cpu;
 pub mod engine;
 pub mod eval;

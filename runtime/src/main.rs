@@ -46,6 +46,16 @@ enum Command {
         /// arrives split across tokens.
         #[arg(long = "stop", value_name = "TEXT")]
         stop: Vec<String>,
+        /// Constrain the output to JSON that validates against the JSON Schema in FILE.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["regex", "grammar"])]
+        json_schema: Option<PathBuf>,
+        /// Constrain the output to text that matches the regular expression RE as a whole.
+        #[arg(long, value_name = "RE", conflicts_with = "grammar")]
+        regex: Option<String>,
+        /// Constrain the output to the Lark grammar in FILE (as llguidance reads Lark; it takes
+        /// much of llama.cpp's GBNF too).
+        #[arg(long, value_name = "FILE")]
+        grammar: Option<PathBuf>,
         /// Print one JSON object {"prompt_ids", "ids", "text", "timings"} instead of streaming.
         #[arg(long)]
         json: bool,
@@ -71,8 +81,8 @@ enum Command {
         exec: Exec,
     },
     /// Serve an OpenAI-compatible HTTP API: POST /v1/chat/completions and /v1/completions
-    /// (streamed or not), GET /v1/models, /health (200 when ready, 503 while loading) and
-    /// /metrics (Prometheus). All requests share one engine: their sequences run in the same
+    /// (streamed or not), GET /v1/models, /health (200 when ready, 503 while loading),
+    /// /metrics (Prometheus), and llama-server's POST /tokenize and /detokenize. All requests share one engine: their sequences run in the same
     /// steps. SIGINT or SIGTERM stops accepting, lets running requests finish (up to
     /// --shutdown-grace seconds) and exits 0.
     Serve {
@@ -83,7 +93,8 @@ enum Command {
         /// Port to listen on (0: any free port; the address is printed on stderr).
         #[arg(long, default_value_t = 8080)]
         port: u16,
-        /// Require `Authorization: Bearer KEY` on /v1 routes (default: $LLAMART_API_KEY if set).
+        /// Require `Authorization: Bearer KEY` on every route but /health and /metrics (default:
+        /// $LLAMART_API_KEY if set).
         #[arg(long, env = "LLAMART_API_KEY", hide_env_values = true)]
         api_key: Option<String>,
         /// Sequences that may wait beyond the plan's --max-seqs running ones; past that, 429.
@@ -354,17 +365,19 @@ fn evaluator<'m>(
 
 /// Generates for one prompt through the engine (the path a server's requests take), with as
 /// many tokens as the sequence's context leaves room for at most.
-fn generate_on_engine(
-    session: Session,
+#[allow(clippy::too_many_arguments)]
+fn generate_on_engine<B: llamart::engine::BatchEvaluator>(
+    session: B,
     prompt: &[u32],
     sampling: SamplingParams,
     n_predict: usize,
     stop_ids: Vec<u32>,
+    constraint: Option<llamart::constraint::Constraint>,
     on_token: &mut dyn FnMut(u32),
     stopped: &std::cell::Cell<bool>,
 ) -> anyhow::Result<eval::Generated> {
     use llamart::engine::{Engine, Event, Finish, Request};
-    let room = session.plan_header().limits.sequence_tokens() as usize + 1 - prompt.len();
+    let room = session.header().limits.sequence_tokens() as usize + 1 - prompt.len();
     let max_tokens = n_predict.min(room);
     let mut engine = Engine::new(session);
     let id = engine.add(Request {
@@ -373,6 +386,7 @@ fn generate_on_engine(
         max_tokens,
         stop_ids,
         logprobs: None,
+        constraint,
     })?;
     let start = Instant::now();
     let mut first_token_at = None;
@@ -430,11 +444,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             sampling,
             ignore_eos,
             stop,
+            json_schema,
+            regex,
+            grammar,
             json,
             exec,
         } => {
             let params = sampling.params()?;
             let model = load(&plan)?;
+            let read = |path: &Path| {
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))
+            };
+            let spec = if let Some(path) = &json_schema {
+                let schema = serde_json::from_str(&read(path)?)
+                    .with_context(|| format!("{} is not JSON", path.display()))?;
+                Some(llamart::constraint::Spec::JsonSchema(schema))
+            } else if let Some(path) = &grammar {
+                Some(llamart::constraint::Spec::Lark(read(path)?))
+            } else {
+                regex.map(llamart::constraint::Spec::Regex)
+            };
+            let constraint = match &spec {
+                Some(spec) => {
+                    Some(llamart::constraint::Grammars::new(&model.tokenizer)?.compile(spec)?)
+                }
+                None => None,
+            };
             let h = &model.plan.header;
             let (ctx, n_vocab) = (
                 h.limits.sequence_tokens() as usize,
@@ -464,7 +500,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 stopped.set(stop_text.stopped());
                 emit(&piece);
             };
-            let (load_seconds, result) = if uses_gpu(&exec, probe) {
+            let stop_ids = if ignore_eos {
+                Vec::new()
+            } else {
+                model.tokenizer.end_of_generation_ids().to_vec()
+            };
+            let gpu = uses_gpu(&exec, probe);
+            let (load_seconds, result) = if gpu && constraint.is_none() {
                 let mut s = gpu_session(&model)?;
                 let load_seconds = seconds_since_start();
                 let mut sampler = Sampler::new(params, n_vocab);
@@ -480,20 +522,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &mut on_token,
                 )?;
                 (load_seconds, result)
-            } else {
-                let session = Session::new(&model.plan, exec.threads)?;
+            } else if gpu {
+                let session = gpu_session(&model)?;
                 let load_seconds = seconds_since_start();
-                let stop_ids = if ignore_eos {
-                    Vec::new()
-                } else {
-                    model.tokenizer.end_of_generation_ids().to_vec()
-                };
                 let result = generate_on_engine(
                     session,
                     &prompt_ids,
                     params,
                     n_predict,
                     stop_ids,
+                    constraint,
+                    &mut on_token,
+                    &stopped,
+                )?;
+                (load_seconds, result)
+            } else {
+                let session = Session::new(&model.plan, exec.threads)?;
+                let load_seconds = seconds_since_start();
+                let result = generate_on_engine(
+                    session,
+                    &prompt_ids,
+                    params,
+                    n_predict,
+                    stop_ids,
+                    constraint,
                     &mut on_token,
                     &stopped,
                 )?;
@@ -956,6 +1008,7 @@ fn chat<B: llamart::engine::BatchEvaluator>(
             max_tokens,
             stop_ids: tok.end_of_generation_ids().to_vec(),
             logprobs: None,
+            constraint: None,
         })?;
         interrupted.store(false, Ordering::SeqCst);
         generating.store(true, Ordering::SeqCst);

@@ -67,6 +67,8 @@ pub struct Request {
     /// Report each generated token's log-probability and this many of the likeliest
     /// alternatives' (under the model's distribution, before sampling's adjustments).
     pub logprobs: Option<usize>,
+    /// What the output must match (structured output); the sequence ends when it is complete.
+    pub constraint: Option<crate::constraint::Constraint>,
 }
 
 pub type RequestId = u64;
@@ -139,6 +141,7 @@ struct Sequence {
     max_tokens: usize,
     stop_ids: Vec<u32>,
     logprobs: Option<usize>,
+    constraint: Option<crate::constraint::Constraint>,
     finished: Option<Finish>,
 }
 
@@ -181,6 +184,8 @@ pub struct Engine<B> {
     shares: Vec<Share>,
     /// A row's largest logits, for samplers that decide from those.
     candidates: Vec<(u32, f32)>,
+    /// A row with a constraint's forbidden tokens masked out.
+    masked: Vec<f32>,
     /// The recycled allocation of the step's list of shares.
     seq_steps: Vec<SeqStep<'static>>,
     stats: EngineStats,
@@ -202,6 +207,7 @@ impl<B: BatchEvaluator> Engine<B> {
             waiting: VecDeque::new(),
             shares: Vec::with_capacity(l.max_seqs as usize),
             candidates: Vec::with_capacity(n_vocab),
+            masked: Vec::with_capacity(n_vocab),
             seq_steps: Vec::with_capacity(l.max_seqs as usize),
             stats: EngineStats::default(),
         }
@@ -242,6 +248,7 @@ impl<B: BatchEvaluator> Engine<B> {
             max_tokens,
             stop_ids,
             logprobs,
+            constraint,
         } = request;
         if prompt.is_empty() {
             return Err(RequestError::EmptyPrompt);
@@ -289,6 +296,7 @@ impl<B: BatchEvaluator> Engine<B> {
             max_tokens,
             stop_ids,
             logprobs,
+            constraint,
             finished: None,
         });
         Ok(id)
@@ -361,16 +369,39 @@ impl<B: BatchEvaluator> Engine<B> {
             }
             let logits = &logits[row * self.n_vocab..][..self.n_vocab];
             row += 1;
-            let next = match s.sampler.candidates_needed() {
-                Some(k) => {
+            let next = match (&mut s.constraint, s.sampler.candidates_needed()) {
+                (Some(c), _) => {
+                    self.masked.clear();
+                    self.masked.extend_from_slice(logits);
+                    match c.mask(&mut self.masked) {
+                        Ok(()) => s.sampler.sample(&self.masked),
+                        Err(e) => {
+                            // The output so far is a valid prefix; end it there.
+                            eprintln!("llamart: request {}: {e}", s.id);
+                            s.finished = Some(Finish::Stop);
+                            continue;
+                        }
+                    }
+                }
+                (None, Some(k)) => {
                     crate::eval::top_logits_into(logits, k, &mut self.candidates);
                     s.sampler.sample_candidates(&self.candidates)
                 }
-                None => s.sampler.sample(logits),
+                (None, None) => s.sampler.sample(logits),
             };
             if s.stop_ids.contains(&next) {
                 s.finished = Some(Finish::Stop);
                 continue;
+            }
+            if let Some(c) = &mut s.constraint {
+                if let Err(e) = c.accept(next) {
+                    eprintln!("llamart: request {}: {e}", s.id);
+                    s.finished = Some(Finish::Stop);
+                    continue;
+                }
+                if c.finished() {
+                    s.finished = Some(Finish::Stop);
+                }
             }
             s.sampler.accept(next);
             s.tokens.push(next);
@@ -390,7 +421,7 @@ impl<B: BatchEvaluator> Engine<B> {
                 token: next,
                 logprobs,
             });
-            if s.generated() == s.max_tokens {
+            if s.finished.is_none() && s.generated() == s.max_tokens {
                 s.finished = Some(Finish::Length);
             }
         }

@@ -33,6 +33,7 @@ pub struct Common {
     pub repeat_last_n: Option<u64>,
     /// Generate past end-of-generation tokens (for benchmarks: exactly max_tokens).
     pub ignore_eos: Option<bool>,
+    pub response_format: Option<ResponseFormat>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,8 +57,6 @@ pub struct ChatRequest {
     #[serde(default)]
     pub top_logprobs: Option<u64>,
     #[serde(default)]
-    pub response_format: Option<ResponseFormat>,
-    #[serde(default)]
     pub tools: Option<Vec<serde_json::Value>>,
 }
 
@@ -65,6 +64,47 @@ pub struct ChatRequest {
 pub struct ResponseFormat {
     #[serde(rename = "type")]
     pub kind: String,
+    #[serde(default)]
+    pub json_schema: Option<JsonSchemaFormat>,
+}
+
+/// `name` and `strict` are read only so that a wrong type is refused (the schema is always
+/// followed strictly).
+#[derive(Debug, Deserialize)]
+#[allow(dead_code)]
+pub struct JsonSchemaFormat {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub schema: Option<serde_json::Value>,
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+impl ResponseFormat {
+    /// What the output must match, if anything.
+    pub fn spec(&self) -> Result<Option<crate::constraint::Spec>, ApiError> {
+        use crate::constraint::Spec;
+        match self.kind.as_str() {
+            "text" => Ok(None),
+            "json_object" => Ok(Some(Spec::JsonSchema(
+                serde_json::json!({"type": "object"}),
+            ))),
+            "json_schema" => match self.json_schema.as_ref().and_then(|j| j.schema.clone()) {
+                Some(schema) => Ok(Some(Spec::JsonSchema(schema))),
+                None => Err(ApiError::invalid(
+                    "`response_format.json_schema.schema` is missing",
+                    Some("response_format.json_schema.schema"),
+                )),
+            },
+            other => Err(ApiError::invalid(
+                format!(
+                    "`response_format.type` `{other}` is not one of text, json_object, json_schema"
+                ),
+                Some("response_format.type"),
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,6 +274,7 @@ impl ChatMessage {
 /// What the common fields ask for, checked.
 pub struct Settings {
     pub sampling: SamplingParams,
+    pub constraint: Option<crate::constraint::Spec>,
     pub max_tokens: Option<usize>,
     pub stop: Vec<String>,
     pub n: usize,
@@ -319,8 +360,13 @@ impl Common {
             seed: self.seed.map_or(fresh_seed, |s| s as u64),
             logit_bias,
         };
+        let constraint = match &self.response_format {
+            Some(f) => f.spec()?,
+            None => None,
+        };
         Ok(Settings {
             sampling,
+            constraint,
             max_tokens: max_tokens.map(|m| m.min(u32::MAX as u64) as usize),
             stop,
             n: n as usize,

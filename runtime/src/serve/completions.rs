@@ -108,15 +108,6 @@ fn prepare_chat(
             Some("tools"),
         ));
     }
-    if let Some(f) = req.response_format.as_ref().filter(|f| f.kind != "text") {
-        return Err(ApiError::invalid(
-            format!(
-                "response_format `{}` is not supported by this server yet",
-                f.kind
-            ),
-            Some("response_format"),
-        ));
-    }
     if req.messages.is_empty() {
         return Err(ApiError::invalid("`messages` is empty", Some("messages")));
     }
@@ -275,6 +266,22 @@ fn prepared(
         None => ctx - longest,
     };
     let prompt_tokens = prompts.iter().map(Vec::len).sum();
+    let constraint = match &settings.constraint {
+        None => None,
+        Some(spec) => {
+            let grammars = ready.grammars.as_ref().map_err(|e| {
+                ApiError::invalid(
+                    format!("structured output is unavailable for this model: {e}"),
+                    Some("response_format"),
+                )
+            })?;
+            Some(
+                grammars
+                    .compile(spec)
+                    .map_err(|e| ApiError::invalid(e.to_string(), Some("response_format")))?,
+            )
+        }
+    };
     Ok(Prepared {
         endpoint,
         job: Job {
@@ -288,6 +295,7 @@ fn prepared(
                 ready.tokenizer.end_of_generation_ids().to_vec()
             },
             logprobs,
+            constraint,
         },
         settings,
         echo,
@@ -364,7 +372,7 @@ async fn run(state: Arc<AppState>, ready: Arc<Ready>, p: Prepared, arrived: Inst
     let stream = p.settings.stream;
     let logprobs = p.job.logprobs;
     if let Err(e) = state.send(Command::Submit {
-        job: p.job,
+        job: Box::new(p.job),
         updates: tx,
     }) {
         return admission.refuse(e);

@@ -57,6 +57,8 @@ pub struct Config {
 /// What the HTTP side needs of the loaded model.
 pub(crate) struct Ready {
     pub tokenizer: Tokenizer,
+    /// The vocabulary indexed for structured output, or why it could not be.
+    pub grammars: Result<crate::constraint::Grammars, crate::constraint::ConstraintError>,
     pub template: Option<ChatTemplate>,
     /// BOS as text, for templates that write it themselves.
     pub bos: String,
@@ -241,6 +243,7 @@ fn load_and_run(
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| h.model.name.clone());
     let ready = Ready {
+        grammars: crate::constraint::Grammars::new(&tokenizer),
         template,
         bos,
         model_id,

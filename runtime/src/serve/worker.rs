@@ -24,6 +24,8 @@ pub struct Job {
     pub max_tokens: usize,
     pub stop_ids: Vec<u32>,
     pub logprobs: Option<usize>,
+    /// Each choice starts from a copy of it.
+    pub constraint: Option<crate::constraint::Constraint>,
 }
 
 impl Job {
@@ -58,7 +60,7 @@ pub enum Update {
 
 pub enum Command {
     Submit {
-        job: Job,
+        job: Box<Job>,
         updates: UnboundedSender<Update>,
     },
     /// Stop these choices (a stop string was seen).
@@ -184,7 +186,7 @@ pub fn run<B: BatchEvaluator>(
 fn submit<B: BatchEvaluator>(
     engine: &mut Engine<B>,
     routes: &mut HashMap<RequestId, Route>,
-    job: Job,
+    job: Box<Job>,
     updates: UnboundedSender<Update>,
 ) {
     let mut ids = Vec::with_capacity(job.choices());
@@ -198,6 +200,7 @@ fn submit<B: BatchEvaluator>(
                 max_tokens: job.max_tokens,
                 stop_ids: job.stop_ids.clone(),
                 logprobs: job.logprobs,
+                constraint: job.constraint.clone(),
             };
             match engine.add(request) {
                 Ok(id) => ids.push(id),
