@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use llamart::cpu::Session;
+use llamart::engine::BatchEvaluator;
 use llamart::eval::{self, Evaluator};
 use llamart::gpu::GpuSession;
 use llamart::plan::LoadedPlan;
@@ -375,8 +376,10 @@ fn generate_on_engine<B: llamart::engine::BatchEvaluator>(
     constraint: Option<llamart::constraint::Constraint>,
     on_token: &mut dyn FnMut(u32),
     stopped: &std::cell::Cell<bool>,
-) -> anyhow::Result<eval::Generated> {
+) -> anyhow::Result<(f64, eval::Generated)> {
     use llamart::engine::{Engine, Event, Finish, Request};
+    // The session is ready: the load ends here.
+    let load_seconds = seconds_since_start();
     let room = session.header().limits.sequence_tokens() as usize + 1 - prompt.len();
     let max_tokens = n_predict.min(room);
     let mut engine = Engine::new(session);
@@ -413,7 +416,7 @@ fn generate_on_engine<B: llamart::engine::BatchEvaluator>(
     let first = first_token_at.unwrap_or(end);
     out.prompt_seconds = (first - start).as_secs_f64();
     out.generate_seconds = (end - first).as_secs_f64();
-    Ok(out)
+    Ok((load_seconds, out))
 }
 
 /// Writes to stdout; a reader that went away (`| head`) ends the output quietly.
@@ -522,34 +525,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &mut on_token,
                 )?;
                 (load_seconds, result)
-            } else if gpu {
-                let session = gpu_session(&model)?;
-                let load_seconds = seconds_since_start();
-                let result = generate_on_engine(
-                    session,
-                    &prompt_ids,
-                    params,
-                    n_predict,
-                    stop_ids,
-                    constraint,
-                    &mut on_token,
-                    &stopped,
-                )?;
-                (load_seconds, result)
             } else {
-                let session = Session::new(&model.plan, exec.threads)?;
-                let load_seconds = seconds_since_start();
-                let result = generate_on_engine(
-                    session,
-                    &prompt_ids,
-                    params,
-                    n_predict,
-                    stop_ids,
-                    constraint,
-                    &mut on_token,
-                    &stopped,
-                )?;
-                (load_seconds, result)
+                let engine_run = |session: &mut dyn BatchEvaluator| {
+                    generate_on_engine(
+                        session,
+                        &prompt_ids,
+                        params,
+                        n_predict,
+                        stop_ids,
+                        constraint,
+                        &mut on_token,
+                        &stopped,
+                    )
+                };
+                if gpu {
+                    engine_run(&mut gpu_session(&model)?)?
+                } else {
+                    engine_run(&mut Session::new(&model.plan, exec.threads)?)?
+                }
             };
             let mut result = result;
             if stopped.get() {
