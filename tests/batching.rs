@@ -444,11 +444,12 @@ fn gpu_sequences_in_a_mix_match_their_solo_runs() {
     let text = text();
     let mut gpu = GpuSession::new(&plan).unwrap();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    // Short sequences: a software GPU (lavapipe in CI) runs a few tokens a second.
     let seqs: Vec<&[u32]> = vec![
-        &text[..27],
-        &text[100..109],
-        &text[300..317],
-        &text[500..503],
+        &text[..13],
+        &text[100..105],
+        &text[300..309],
+        &text[500..502],
     ];
     let alone: Vec<Vec<Vec<f32>>> = seqs
         .iter()

@@ -48,12 +48,14 @@ impl Server {
                 sink.lock().unwrap().push_str(&(line + "\n"));
             }
         });
+        // A loaded machine may take long to load the plan; requests before "ready" get 503.
         let mut addr = None;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
+        let mut ready = false;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while !ready && Instant::now() < deadline {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(Ok(a)) => addr = Some(a),
-                Ok(Err(())) => break,
+                Ok(Err(())) => ready = true,
                 Err(_) => {
                     if let Some(status) = child.try_wait().unwrap() {
                         panic!("the server exited ({status}): {}", log.lock().unwrap());
@@ -61,6 +63,11 @@ impl Server {
                 }
             }
         }
+        assert!(
+            ready,
+            "the server never became ready: {}",
+            log.lock().unwrap()
+        );
         let addr =
             addr.unwrap_or_else(|| panic!("the server never listened: {}", log.lock().unwrap()));
         Server { child, addr, log }

@@ -71,24 +71,32 @@ pub fn remove_exited_scratch_dirs(parent: &Path) {
     }
 }
 
-static BUILD: Mutex<()> = Mutex::new(());
+/// Whether this process has already had cargo build the workspace's binaries.
+static BUILT: Mutex<bool> = Mutex::new(false);
 
 /// Path of a workspace binary built with the same profile as this test, building it if needed.
+///
+/// It builds what `cargo test --workspace` builds, binaries included (`--no-run`): after the
+/// README's test command that is a no-op, whereas `cargo build --bin` resolves the dependencies'
+/// features without the dev-dependencies and would rebuild half of them (minutes in CI).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
     let path = profile_dir.join(name);
-    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    let release = profile_dir.file_name().is_some_and(|n| n == "release");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "--bin", name])
-        .current_dir(repo_root());
-    if release {
-        cmd.arg("--release");
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !*built {
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["test", "--workspace", "--no-run", "--quiet"])
+            .current_dir(repo_root());
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().unwrap();
+        assert!(status.success(), "building the workspace's binaries failed");
+        *built = true;
     }
-    let status = cmd.status().unwrap();
-    assert!(status.success(), "building {name} failed");
     assert!(path.is_file(), "{} missing after build", path.display());
     path
 }

@@ -255,17 +255,11 @@ fn load_and_run(
         tokenizer,
     };
     let device = device();
-    let announce = |backend: &str| {
-        eprintln!(
-            "llamart: ready: {} on {backend}, {} sequences of up to {} tokens",
-            ready.model_id, ready.max_seqs, ready.ctx
-        );
-    };
     match device {
         Device::Cpu { threads } => {
             let session = crate::cpu::Session::new(&plan, threads)?;
-            announce(&format!("the CPU ({threads} threads)"));
-            run_engine(session, ready, state, commands);
+            let backend = format!("the CPU ({threads} threads)");
+            run_engine(session, ready, &backend, state, commands);
         }
         Device::Gpu => {
             let session = crate::gpu::GpuSession::new(&plan)?;
@@ -274,24 +268,31 @@ fn load_and_run(
             } else {
                 ""
             };
-            announce(&format!(
+            let backend = format!(
                 "{} ({}{software})",
                 session.adapter.name, session.adapter.backend
-            ));
-            run_engine(session, ready, state, commands);
+            );
+            run_engine(session, ready, &backend, state, commands);
         }
     }
     Ok(())
 }
 
+/// Marks the server ready, then says so: whoever reads "ready" may send requests at once.
 fn run_engine<B: BatchEvaluator>(
-    backend: B,
+    evaluator: B,
     ready: Ready,
+    backend: &str,
     state: &AppState,
     commands: std::sync::mpsc::Receiver<worker::Command>,
 ) {
-    let engine = Engine::new(backend);
+    let engine = Engine::new(evaluator);
+    let announcement = format!(
+        "llamart: ready: {} on {backend}, {} sequences of up to {} tokens",
+        ready.model_id, ready.max_seqs, ready.ctx
+    );
     let _ = state.ready.set(Arc::new(ready));
+    eprintln!("{announcement}");
     worker::run(engine, commands, state.metrics.clone());
 }
 
