@@ -87,11 +87,9 @@ fn gpu_and_cpu_generate_the_same_greedy_tokens() {
     let plan = LoadedPlan::open(&compiled_plan(MODEL, SAME_FUNCTION)).unwrap();
     let mut cpu = Session::new(&plan, 2).unwrap();
     let mut gpu = GpuSession::new(&plan).unwrap();
-    let cases = golden(MODEL)["cases"].as_array().unwrap().clone();
-    let short = cases
-        .iter()
-        .filter(|c| SHORT_CASES.iter().any(|name| c["name"] == *name));
-    for case in short {
+    let golden = golden(MODEL);
+    let cases = golden["cases"].as_array().unwrap().iter();
+    for case in cases.filter(|c| SHORT_CASES.iter().any(|name| c["name"] == *name)) {
         let prompt = ids_of(&case["prompt_ids"]);
         let on_cpu = greedy(&mut cpu, &plan, &prompt, 8);
         let on_gpu = greedy(&mut gpu, &plan, &prompt, 8);
